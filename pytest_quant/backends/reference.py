@@ -1,0 +1,18 @@
+"""The unquantized model: fp32 on CPU, the checkpoint's 16-bit dtype on GPU."""
+
+from __future__ import annotations
+
+from . import Loaded, LoadRequest, default_dtype, load_tokenizer
+
+REQUIRES: tuple[str, ...] = ()
+
+
+def load(request: LoadRequest) -> Loaded:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    name = request.recipe.get("dtype")
+    dtype = getattr(torch, name) if name else default_dtype(request.model_path, request.device)
+    model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=dtype, device_map=request.device)
+    model.eval()
+    return Loaded(model, load_tokenizer(request.model_path), str(dtype).removeprefix("torch."), kernel="Linear")

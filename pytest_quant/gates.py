@@ -1,0 +1,201 @@
+"""The markers' argument parsers and pure checks: ``check(metrics, limits) -> Violation | None``.
+
+Each marker validates its arguments when the test is set up (a bad value is an error naming it) and
+declares what it needs measured, so the plugin measures only what a test's markers ask for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .options import format_bytes, parse_bytes
+
+
+class MarkerError(ValueError):
+    """A marker written with arguments that cannot be checked; the message names the bad value."""
+
+
+@dataclass(frozen=True)
+class Violation:
+    marker: str
+    reason: str  # one line: what was measured against which limit, with units
+    measured: float
+    limit: float
+    unit: str
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What is known of one model x recipe (and of its model's unquantized reference)."""
+
+    model: str
+    recipe: str
+    device: str
+    vram: Any = None  # measure.vram.VramMeasurement
+    throughput: Any = None  # measure.throughput.ThroughputMeasurement
+    quality: Any = None  # measure.quality.QualityMeasurement
+    reference: "Metrics | None" = None
+
+    @property
+    def where(self) -> str:
+        return f"[{self.model}, {self.recipe}, {self.device}]"
+
+
+NEEDS = ("quality", "vram", "throughput")
+
+
+@dataclass(frozen=True)
+class Limits:
+    marker: str
+    values: dict[str, float] = field(default_factory=dict)
+    needs: frozenset[str] = frozenset()
+    reference_needs: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class MarkerSpec:
+    name: str
+    keywords: tuple[str, ...]
+    needs: frozenset[str]
+    check: Callable[[Metrics, Limits], list[Violation]]
+    positional: str | None = None  # keyword the single positional argument stands for
+    help: str = ""
+    ratio_keywords: frozenset[str] = frozenset()  # keywords measured against the reference
+
+
+def _number(marker: str, key: str, value: Any, *, allow_zero: bool, maximum: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MarkerError(f"@pytest.mark.{marker}({key}={value!r}): expected a finite number")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise MarkerError(f"@pytest.mark.{marker}({key}={value!r}): must be {'>= 0' if allow_zero else '> 0'}")
+    if maximum is not None and value > maximum:
+        raise MarkerError(f"@pytest.mark.{marker}({key}={value!r}): must be at most {maximum:g}")
+    return float(value)
+
+
+def parse(spec: MarkerSpec, args: tuple, kwargs: dict[str, Any]) -> Limits:
+    """Validate a marker's arguments into Limits, or raise MarkerError naming the bad value."""
+    name = spec.name
+    given = dict(kwargs)
+    if args:
+        if spec.positional is None or len(args) > 1:
+            raise MarkerError(
+                f"@pytest.mark.{name}: positional arguments {args!r} not accepted; use keywords: {', '.join(spec.keywords)}"
+            )
+        if spec.positional in given:
+            raise MarkerError(f"@pytest.mark.{name}: {spec.positional} given twice")
+        given[spec.positional] = args[0]
+    unknown = sorted(set(given) - set(spec.keywords))
+    if unknown:
+        raise MarkerError(
+            f"@pytest.mark.{name}: unknown keyword(s) {', '.join(unknown)}; accepted: {', '.join(spec.keywords)}"
+        )
+    if not given:
+        raise MarkerError(f"@pytest.mark.{name} needs at least one limit: {', '.join(spec.keywords)}")
+    values: dict[str, float] = {}
+    for key, value in given.items():
+        if name == "vram_budget" and key == "budget":
+            try:
+                values[key] = float(parse_bytes(value))
+            except ValueError as exc:
+                raise MarkerError(f"@pytest.mark.vram_budget({value!r}): {exc}") from None
+        else:
+            # upper limits may be 0 (no worse at all); floors and ratios must be positive
+            values[key] = _number(name, key, value, allow_zero=key.startswith("max"),
+                                  maximum=100.0 if key == "min_top1" else None)
+    reference_needs = frozenset(spec.needs) if set(given) & spec.ratio_keywords else frozenset()
+    return Limits(name, values, spec.needs, reference_needs)
+
+
+def _pct(measured: float, limit: float) -> str:
+    return f"{100.0 * (measured - limit) / limit:+.1f}%" if limit else ""
+
+
+def check_vram(m: Metrics, limits: Limits) -> list[Violation]:
+    out = []
+    peak = m.vram.peak_bytes
+    what = "peak" if m.vram.allocator_peak_bytes is not None else "footprint"
+    budget = limits.values.get("budget")
+    if budget is not None and peak > budget:
+        out.append(Violation("vram_budget", f"VRAM budget {format_bytes(budget)} exceeded: {what} {format_bytes(peak)} "
+                             f"({_pct(peak, budget)}) {m.where}", peak, budget, "bytes"))
+    ratio = limits.values.get("ratio")
+    if ratio is not None:
+        ref = m.reference.vram.peak_bytes
+        measured = peak / ref
+        if measured > ratio:
+            out.append(Violation("vram_budget", f"VRAM ratio {measured:.3f} of reference exceeds {ratio:.3f}: {what} "
+                                 f"{format_bytes(peak)} vs reference {format_bytes(ref)} {m.where}", measured, ratio, "ratio"))
+    return out
+
+
+def check_tokens_per_second(m: Metrics, limits: Limits) -> list[Violation]:
+    out = []
+    tps = m.throughput.decode_tokens_per_s
+    floor = limits.values.get("min")
+    if floor is not None and tps < floor:
+        out.append(Violation("tokens_per_second", f"decode {tps:.1f} tok/s below floor {floor:g} tok/s "
+                             f"({_pct(tps, floor)}) {m.where}", tps, floor, "tokens/s"))
+    ratio = limits.values.get("min_ratio")
+    if ratio is not None:
+        ref = m.reference.throughput.decode_tokens_per_s
+        measured = tps / ref
+        if measured < ratio:
+            out.append(Violation("tokens_per_second", f"decode {tps:.1f} tok/s is {measured:.3f} x reference "
+                                 f"{ref:.1f} tok/s, below min_ratio {ratio:g} {m.where}", measured, ratio, "ratio"))
+    return out
+
+
+def check_perplexity(m: Metrics, limits: Limits) -> list[Violation]:
+    out = []
+    ppl, ref = m.quality.perplexity, m.reference.quality.perplexity
+    delta = ppl - ref
+    limit = limits.values.get("max")
+    if limit is not None and delta > limit:
+        out.append(Violation("perplexity_delta", f"perplexity {ppl:.3f} is {delta:+.3f} over reference {ref:.3f}, "
+                             f"above max {limit:g} {m.where}", delta, limit, "perplexity"))
+    rel = limits.values.get("max_rel")
+    if rel is not None and delta / ref > rel:
+        out.append(Violation("perplexity_delta", f"perplexity {ppl:.3f} is {100 * delta / ref:+.2f}% over reference "
+                             f"{ref:.3f}, above max_rel {100 * rel:g}% {m.where}", delta / ref, rel, "fraction"))
+    return out
+
+
+def check_kl(m: Metrics, limits: Limits) -> list[Violation]:
+    q = m.quality
+    out = []
+    for key, value, label in (("max_mean", q.mean_kl_nats, "mean KL"), ("max_p99", q.p99_kl_nats, "99th percentile KL")):
+        limit = limits.values.get(key)
+        if limit is not None and value > limit:
+            out.append(Violation("kl_divergence", f"{label} {value:.5f} nats exceeds {key} {limit:g} nats {m.where}",
+                                 value, limit, "nats"))
+    floor = limits.values.get("min_top1")
+    if floor is not None and q.top1_agreement_percent < floor:
+        out.append(Violation("kl_divergence", f"top-1 agreement {q.top1_agreement_percent:.2f}% below min_top1 "
+                             f"{floor:g}% {m.where}", q.top1_agreement_percent, floor, "percent"))
+    return out
+
+
+MARKERS: dict[str, MarkerSpec] = {
+    spec.name: spec
+    for spec in (
+        MarkerSpec("vram_budget", ("budget", "ratio"), frozenset({"vram"}), check_vram, positional="budget",
+                   help='vram_budget("6 GiB") or vram_budget(ratio=0.5): peak GPU memory (CPU: model footprint) at most '
+                        "the budget, or at most ratio x the reference's", ratio_keywords=frozenset({"ratio"})),
+        MarkerSpec("tokens_per_second", ("min", "min_ratio"), frozenset({"throughput"}), check_tokens_per_second,
+                   help="tokens_per_second(min=..., min_ratio=...): decode tokens/s at least min, or at least "
+                        "min_ratio x the reference measured in the same session", ratio_keywords=frozenset({"min_ratio"})),
+        MarkerSpec("perplexity_delta", ("max", "max_rel"), frozenset({"quality"}), check_perplexity,
+                   help="perplexity_delta(max=..., max_rel=...): perplexity at most max above the reference's "
+                        "(max_rel: as a fraction of it)", ratio_keywords=frozenset({"max", "max_rel"})),
+        MarkerSpec("kl_divergence", ("max_mean", "max_p99", "min_top1"), frozenset({"quality"}), check_kl,
+                   help="kl_divergence(max_mean=..., max_p99=..., min_top1=...): KL(reference || quantized) in nats "
+                        "per token and top-1 agreement in percent", ratio_keywords=frozenset({"max_mean", "max_p99", "min_top1"})),
+    )
+}
+
+
+def check(limits: Limits, metrics: Metrics) -> list[Violation]:
+    return MARKERS[limits.marker].check(metrics, limits)

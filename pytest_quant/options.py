@@ -1,0 +1,219 @@
+"""Command-line options and their ini twins, parsed where argparse reads them.
+
+Every converter raises ``argparse.ArgumentTypeError`` (on the command line) or ``pytest.UsageError``
+(through :func:`value_or_ini`) with the bad value and what would be accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from .models import EMBEDDED, ModelSource, embedded_eval_text, resolve_model
+
+_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+SIZE_HELP = "a number and a unit such as '6 GiB', '512 MiB' or '1.5 GB' (units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+
+
+def parse_bytes(value: Any) -> int:
+    """'6 GiB' -> 6442450944. A bare integer is bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size; write {SIZE_HELP}")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ValueError(f"size {value!r} must be positive")
+        return int(value)
+    match = _SIZE.match(str(value))
+    unit = match.group(2).lower() if match else None
+    if not match or (unit and unit not in _UNITS):
+        raise ValueError(f"{value!r} is not a size; write {SIZE_HELP}")
+    size = float(match.group(1)) * _UNITS[unit or "b"]
+    if size <= 0:
+        raise ValueError(f"size {value!r} must be positive")
+    return int(size)
+
+
+def format_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def parse_device(value: str) -> str:
+    value = value.strip().lower()
+    if value == "cpu" or re.fullmatch(r"cuda(:[0-9]+)?", value):
+        return "cuda:0" if value == "cuda" else value
+    raise argparse.ArgumentTypeError(f"--quant-device {value!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+
+
+def parse_recipe_names(value: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"--quant-recipes {value!r}: expected comma-separated recipe names")
+    return names
+
+
+def parse_eval_tokens(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--quant-eval-tokens {value!r}: expected a whole number >= 2") from None
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"--quant-eval-tokens {value!r}: expected a whole number >= 2")
+    return n
+
+
+def parse_existing_file(flag: str) -> Callable[[str], Path]:
+    def parse(value: str) -> Path:
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise argparse.ArgumentTypeError(f"{flag} {value!r}: no such file")
+        return path
+
+    return parse
+
+
+def parse_model(value: str) -> ModelSource:
+    try:
+        return resolve_model(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is not a boolean; use true or false")
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    help: str
+    parse: Callable[[str], Any] | None = None
+    ini_type: str | None = None  # pytest ini type ("bool", "linelist", "string")
+    action: str = "store"
+    default: Any = None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--quant-gpu", "run on CUDA; without it recipes run on CPU and quant_gpu tests skip (default: false)",
+           ini_type="bool", action="store_true"),
+    Option("--quant-model", f"model to gate: a local folder or {'/'.join(sorted(EMBEDDED))}; repeatable (default: tiny)",
+           parse_model, ini_type="linelist", action="append"),
+    Option("--quant-recipes", "comma-separated recipe names (default: every built-in whose backend is installed)",
+           parse_recipe_names),
+    Option("--quant-device", "device to run on: cpu, cuda or cuda:N (default: cuda:0 with --quant-gpu, else cpu)",
+           parse_device),
+    Option("--quant-eval-text", "text file for perplexity and KL (default: the embedded held-out text)",
+           parse_existing_file("--quant-eval-text")),
+    Option("--quant-eval-tokens", "tokens of the eval text to score (default: 8192)", parse_eval_tokens),
+    Option("--quant-strict", "a recipe whose backend is missing fails instead of skipping (default: false)",
+           ini_type="bool", action="store_true"),
+    Option("--quant-baseline-dir", "folder of stored baselines (default: baselines)", Path),
+    Option("--quant-cache-dir", "folder for quantized models (default: inside pytest's cache directory)", Path),
+    Option("--quant-report", "write the summary to PATH: .md, .json or .html, with a plot beside it", Path),
+)
+
+
+def ini_name(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("quant", "pytest-quant: gate LLM quantization quality")
+    for opt in OPTIONS:
+        kwargs: dict[str, Any] = {"action": opt.action, "dest": ini_name(opt.flag), "help": opt.help, "default": None}
+        if opt.parse is not None:
+            kwargs["type"] = opt.parse
+        group.addoption(opt.flag, **kwargs)
+        parser.addini(ini_name(opt.flag), f"ini twin of {opt.flag}", type=opt.ini_type or "string", default=None)
+
+
+def value_or_ini(config: pytest.Config, flag: str) -> Any:
+    """The command line wins; otherwise the ini value, parsed by the same converter as the flag."""
+    opt = next(o for o in OPTIONS if o.flag == flag)
+    name = ini_name(flag)
+    value = config.getoption(name)
+    if value is not None:
+        return value
+    raw = config.getini(name)
+    if raw is None or raw == "" or raw == []:
+        return None
+    try:
+        if opt.ini_type == "bool":
+            return parse_bool(raw)
+        if opt.ini_type == "linelist":
+            return [opt.parse(v) for v in raw] if opt.parse else list(raw)
+        return opt.parse(raw) if opt.parse else raw
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        raise pytest.UsageError(f"ini {name} = {raw!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    gpu: bool
+    device: str
+    models: tuple[ModelSource, ...]
+    recipe_names: tuple[str, ...] | None
+    eval_text: Path
+    eval_tokens: int
+    strict: bool
+    baseline_dir: Path
+    cache_dir: Path
+    report: Path | None
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> "QuantOptions":
+        gpu = bool(value_or_ini(config, "--quant-gpu"))
+        device = value_or_ini(config, "--quant-device")
+        if device is None:
+            device = "cuda:0" if gpu else "cpu"
+        elif device.startswith("cuda") and not gpu:
+            raise pytest.UsageError(f"--quant-device {device}: a CUDA device needs --quant-gpu")
+        elif device == "cpu" and gpu:
+            raise pytest.UsageError("--quant-device cpu conflicts with --quant-gpu; drop one of them")
+        models = value_or_ini(config, "--quant-model") or [resolve_model("tiny")]
+        names = [m.name for m in models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise pytest.UsageError(f"--quant-model: two models share the name {duplicates[0]!r}; rename a folder")
+        cache_dir = value_or_ini(config, "--quant-cache-dir")
+        if cache_dir is None:
+            cache_dir = Path(config.cache.mkdir("quant")) if getattr(config, "cache", None) else Path(".quant-cache")
+        return cls(
+            gpu=gpu,
+            device=device,
+            models=tuple(dict.fromkeys(models)),
+            recipe_names=value_or_ini(config, "--quant-recipes"),
+            eval_text=value_or_ini(config, "--quant-eval-text") or embedded_eval_text(),
+            eval_tokens=value_or_ini(config, "--quant-eval-tokens") or 8192,
+            strict=bool(value_or_ini(config, "--quant-strict")),
+            baseline_dir=value_or_ini(config, "--quant-baseline-dir") or Path(config.rootpath, "baselines"),
+            cache_dir=cache_dir,
+            report=value_or_ini(config, "--quant-report"),
+        )
