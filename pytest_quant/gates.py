@@ -37,6 +37,7 @@ class Metrics:
     throughput: Any = None  # measure.throughput.ThroughputMeasurement
     quality: Any = None  # measure.quality.QualityMeasurement
     reference: "Metrics | None" = None
+    is_reference: bool = False  # the unquantized model itself: limits relative to it do not apply
 
     @property
     def where(self) -> str:
@@ -52,6 +53,9 @@ class Limits:
     values: dict[str, float] = field(default_factory=dict)
     needs: frozenset[str] = frozenset()
     reference_needs: frozenset[str] = frozenset()
+    # baselines (pytest_quant.baselines): vs="baseline" compares with the stored baseline
+    vs: str | None = None
+    tolerance: dict[str, float] | None = None  # metric -> tolerance given on the marker
 
 
 @dataclass(frozen=True)
@@ -87,13 +91,23 @@ def parse(spec: MarkerSpec, args: tuple, kwargs: dict[str, Any]) -> Limits:
         if spec.positional in given:
             raise MarkerError(f"@pytest.mark.{name}: {spec.positional} given twice")
         given[spec.positional] = args[0]
+    # baselines: vs="baseline" and its tolerance= (validated by pytest_quant.baselines)
+    vs, tolerance = given.pop("vs", None), given.pop("tolerance", None)
+    if vs is not None and vs != "baseline":
+        raise MarkerError(f"@pytest.mark.{name}(vs={vs!r}): the only comparison is vs='baseline'")
+    if tolerance is not None:
+        if vs is None:
+            raise MarkerError(f"@pytest.mark.{name}(tolerance={tolerance!r}): a tolerance needs vs='baseline'")
+        from .baselines import parse_tolerance
+
+        tolerance = parse_tolerance(name, tolerance)
     unknown = sorted(set(given) - set(spec.keywords))
     if unknown:
         raise MarkerError(
-            f"@pytest.mark.{name}: unknown keyword(s) {', '.join(unknown)}; accepted: {', '.join(spec.keywords)}"
+            f"@pytest.mark.{name}: unknown keyword(s) {', '.join(unknown)}; accepted: {', '.join(spec.keywords)}, vs, tolerance"
         )
-    if not given:
-        raise MarkerError(f"@pytest.mark.{name} needs at least one limit: {', '.join(spec.keywords)}")
+    if not given and vs is None:
+        raise MarkerError(f"@pytest.mark.{name} needs at least one limit: {', '.join(spec.keywords)} or vs='baseline'")
     values: dict[str, float] = {}
     for key, value in given.items():
         if name == "vram_budget" and key == "budget":
@@ -106,7 +120,7 @@ def parse(spec: MarkerSpec, args: tuple, kwargs: dict[str, Any]) -> Limits:
             values[key] = _number(name, key, value, allow_zero=key.startswith("max"),
                                   maximum=100.0 if key == "min_top1" else None)
     reference_needs = frozenset(spec.needs) if set(given) & spec.ratio_keywords else frozenset()
-    return Limits(name, values, spec.needs, reference_needs)
+    return Limits(name, values, spec.needs, reference_needs, vs=vs, tolerance=tolerance)
 
 
 def _pct(measured: float, limit: float) -> str:
@@ -198,4 +212,9 @@ MARKERS: dict[str, MarkerSpec] = {
 
 
 def check(limits: Limits, metrics: Metrics) -> list[Violation]:
-    return MARKERS[limits.marker].check(metrics, limits)
+    spec = MARKERS[limits.marker]
+    if metrics.is_reference:
+        # The reference is the yardstick: a ratio or a delta against itself gates nothing.
+        values = {k: v for k, v in limits.values.items() if k not in spec.ratio_keywords}
+        limits = Limits(limits.marker, values, limits.needs)
+    return spec.check(metrics, limits) if limits.values else []

@@ -179,13 +179,14 @@ class QuantSession:
             self.close(qm)
 
     # -- measuring -----------------------------------------------------------------------------
-    def eval_windows(self, pair: Pair, tokenizer):
-        from .measure.quality import EvalSpec, prepare
+    def eval_windows(self, qm: QuantModel):
+        """The eval text's windows for this model's tokenizer, tokenized once per session."""
+        from .measure.quality import EvalSpec, model_max_positions, prepare
 
-        key = pair.model.name
+        key = qm.pair.model.name
         if key not in self._windows:
             spec = EvalSpec(text_path=self.options.eval_text, max_tokens=self.options.eval_tokens)
-            self._windows[key] = prepare(tokenizer, spec)
+            self._windows[key] = prepare(qm.tokenizer, spec, max_positions=model_max_positions(qm.model))
         return self._windows[key]
 
     def measure(self, qm: QuantModel, needs: frozenset[str], reference_needs: frozenset[str]) -> Metrics:
@@ -202,8 +203,7 @@ class QuantSession:
         if "throughput" in needs and state.throughput is None:
             from .measure.throughput import measure_throughput
 
-            windows = self.eval_windows(qm.pair, qm.tokenizer)
-            prompt = windows.token_ids[:PROMPT_TOKENS]
+            prompt = list(self.eval_windows(qm).windows[0].input_ids[:PROMPT_TOKENS])
             state.throughput = measure_throughput(qm.model, prompt, **THROUGHPUT[backends.device_kind(qm.device)])
         return self.metrics(qm.pair)
 
@@ -219,7 +219,7 @@ class QuantSession:
     def _measure_quality(self, qm: QuantModel) -> None:
         from .measure.quality import evaluate
 
-        windows = self.eval_windows(qm.pair, qm.tokenizer)
+        windows = self.eval_windows(qm)
         if qm.recipe.is_reference:
             quality, logprobs = evaluate(qm.model, windows, EVAL_BATCH_WINDOWS, keep_logprobs=True)
             self._reference_logprobs[qm.pair.model.name] = logprobs
@@ -232,9 +232,10 @@ class QuantSession:
 
     def metrics(self, pair: Pair) -> Metrics:
         state = self.state(pair)
-        reference = None
-        if not pair.recipe.is_reference:
-            ref_pair = Pair(pair.model, BUILTIN_RECIPES["reference"])
+        ref_pair = Pair(pair.model, BUILTIN_RECIPES["reference"])
+        if pair.recipe.is_reference:
+            reference = None
+        else:
             reference = self.metrics(ref_pair) if ref_pair.id in self.states else None
         return Metrics(
             model=pair.model.name,
@@ -244,4 +245,5 @@ class QuantSession:
             throughput=state.throughput,
             quality=state.quality,
             reference=reference,
+            is_reference=pair.recipe.is_reference,
         )
