@@ -26,6 +26,9 @@ PROMPT_TOKENS = 128
 THROUGHPUT = {"cuda": dict(decode_tokens=128, repeats=5, warmup_runs=3), "cpu": dict(decode_tokens=32, repeats=3, warmup_runs=1)}
 EVAL_BATCH_WINDOWS = 8
 RELEASE_SLACK_BYTES = 1 << 20
+# Measured for every reference: its log-probabilities serve every recipe's KL, and its VRAM figure
+# costs nothing once it has been evaluated.
+REFERENCE_ALWAYS = frozenset({"quality", "vram"})
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ class QuantSession:
         qm.allocated_before_bytes = tracker.allocated_before_bytes
         self.live = qm
         if pair.recipe.is_reference:
-            self.measure(qm, frozenset({"quality"}) | self.reference_needs, frozenset())
+            self.measure(qm, REFERENCE_ALWAYS | self.reference_needs, frozenset())
         return qm
 
     def close(self, qm: QuantModel) -> None:
@@ -166,7 +169,7 @@ class QuantSession:
         """Measure the unquantized model once per session, before any quantized variant loads."""
         ref = Pair(model, BUILTIN_RECIPES["reference"])
         state = self.state(ref)
-        needed = frozenset({"quality"}) | self.reference_needs
+        needed = REFERENCE_ALWAYS | self.reference_needs
         if model.name in self._reference_logprobs and all(getattr(state, n) is not None for n in needed):
             return
         if self.live is not None and self.live.pair == ref:
