@@ -112,6 +112,27 @@ def windows_perplexity(model, ids, context: int, device: str) -> float:
     return math.exp(nll / count)
 
 
+def plugin_protocol_perplexity(folder: Path, device: str) -> dict | None:
+    """The figure the plugin itself reports on the whole eval text (lm-eval rolling windows), fp32."""
+    try:
+        from pytest_quant.measure.quality import EvalSpec, evaluate, model_max_positions, prepare
+    except ImportError:  # run from outside the repository
+        return None
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device)
+    windows = prepare(AutoTokenizer.from_pretrained(folder), EvalSpec(text_path=folder / "eval.txt"),
+                      max_positions=model_max_positions(model))
+    quality, _ = evaluate(model, windows, 8)
+    return {
+        "protocol": "pytest_quant.measure.quality: lm-evaluation-harness rolling windows (max_length 512, every "
+        "token scored once, the first conditioned on the EOS/BOS token), fp32",
+        "eval_tokens": quality.tokens_scored,
+        "perplexity": round(quality.perplexity, 3),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("corpus", type=Path, help="folder of *.txt files (../shared/data/corpus)")
@@ -217,6 +238,7 @@ def main() -> None:
     model.config.torch_dtype = torch.float16
     ppl_fp16 = windows_perplexity(model, eval_ids, EVAL_CONTEXT, device)
     model.save_pretrained(args.out, safe_serialization=True)
+    plugin_ppl = plugin_protocol_perplexity(args.out, device)
     weights = args.out / "model.safetensors"
 
     provenance = {
@@ -252,6 +274,7 @@ def main() -> None:
             "eval_tokens": len(eval_ids),
             "fp32": round(ppl_fp32, 3),
             "fp16": round(ppl_fp16, 3),
+            "plugin_protocol": plugin_ppl,
         },
         "weights_bytes": weights.stat().st_size,
     }
