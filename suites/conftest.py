@@ -1,0 +1,50 @@
+"""The shipped gate's limits, one row per recipe, applied as markers to every test of that recipe.
+
+Copy this folder into a model repository as a template, or run it on any model:
+
+    pytest suites --quant-model PATH --snapshot-update     # once, to record baselines
+    pytest suites --quant-model PATH                       # then, in CI
+
+Limits against the unquantized reference are absolute properties of a recipe and hold for any model;
+limits against the stored baselines (``vs="baseline"``) catch regressions of this model on this hardware.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+# recipe -> (max relative perplexity increase, max mean KL in nats, min top-1 agreement in percent)
+QUALITY = {
+    "bnb-nf4": (0.05, 0.05, 85.0),
+    "bnb-nf4-dq": (0.05, 0.05, 85.0),
+    "bnb-fp4": (0.08, 0.08, 80.0),
+    "bnb-int8": (0.01, 0.005, 95.0),
+    "gptq-w4g128": (0.05, 0.05, 85.0),
+    "awq-w4g128": (0.05, 0.05, 85.0),
+    "gptq-w8g128": (0.01, 0.005, 95.0),
+}
+# recipe bits -> memory at most this fraction of the reference's. On CPU the budget checks the model
+# footprint against fp32; on GPU the allocator peak over load + evaluation against 16 bits, where the
+# embedded model's activations (8 windows x 512 tokens x 8192 logits) outweigh its 14 MB of weights.
+FOOTPRINT = {"cpu": {"4bit": 0.45, "8bit": 0.55}, "cuda": {"4bit": 0.80, "8bit": 0.90}}
+
+
+def bits(recipe: str) -> str:
+    return "8bit" if recipe in ("bnb-int8", "gptq-w8g128") else "4bit"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        pair = callspec.params.get("quant_pair") if callspec else None
+        if pair is None or pair.recipe.is_reference:
+            continue
+        name = pair.recipe.name
+        test = item.originalname
+        if test == "test_quality":
+            max_rel, max_kl, min_top1 = QUALITY.get(name, (0.05, 0.05, 85.0))
+            item.add_marker(pytest.mark.perplexity_delta(max_rel=max_rel))
+            item.add_marker(pytest.mark.kl_divergence(max_mean=max_kl, min_top1=min_top1))
+        elif test == "test_memory":
+            device = "cuda" if config.getoption("quant_gpu") or config.getini("quant_gpu") else "cpu"
+            item.add_marker(pytest.mark.vram_budget(ratio=FOOTPRINT[device][bits(name)]))
