@@ -1,0 +1,58 @@
+"""The CUDA paths, run on a GPU machine (they skip where torch sees no CUDA device)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from .conftest import FAST
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_gpu_gate_measures_allocator_peak_nvml_and_releases(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+import pytest
+import torch
+
+@pytest.mark.quant_gpu
+@pytest.mark.vram_budget("1 GiB")
+@pytest.mark.tokens_per_second(min=1)
+@pytest.mark.kl_divergence(max_mean=0.1)
+def test_gpu(quant_model, quant_reference):
+    assert quant_model.device == "cuda:0"
+    assert next(quant_model.model.parameters()).is_cuda
+    vram = quant_model.vram
+    assert vram.allocator_peak_bytes is not None and vram.peak_bytes == vram.allocator_peak_bytes
+    assert vram.peak_bytes >= vram.footprint_bytes
+    assert quant_reference.vram.peak_bytes > 0
+    t = quant_model.throughput
+    assert t.repeats == 5 and t.warmup_runs == 3 and t.decode_tokens_per_s > 0
+"""
+    )
+    result = pytester.runpytest(*FAST, "-p", "no:cacheprovider", "--quant-gpu", "-W", "error::pytest.PytestWarning",
+                                "--quant-recipes", "reference,bnb-nf4,bnb-int8")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*pytest-quant summary*", "*tiny*bnb-nf4*cuda:0*Linear4bit*pass*"])
+    # every model was released: nothing of theirs is left on the device
+    assert torch.cuda.memory_allocated() < 1 << 20
+
+
+def test_gpu_reference_is_16_bit(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+import torch
+
+def test_dtype(quant_model):
+    assert next(quant_model.model.parameters()).dtype == torch.float16
+"""
+    )
+    result = pytester.runpytest(*FAST, "-p", "no:cacheprovider", "--quant-gpu", "--quant-recipes", "reference")
+    result.assert_outcomes(passed=1)
+
+
+def test_bad_device_index_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--quant-gpu", "--quant-device", f"cuda:{torch.cuda.device_count()}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*only * CUDA device(s) found*"])
