@@ -135,6 +135,7 @@ class QuantSession:
             )
         )
         state.load_seconds = time.perf_counter() - start
+        tracker.loaded()
         state.quantize_seconds, state.cache = loaded.quantize_seconds, loaded.cache
         state.kernel, state.dtype, state.notes = loaded.kernel, loaded.dtype, dict(loaded.notes)
         qm = QuantModel(self, pair, loaded, tracker)

@@ -23,10 +23,11 @@ QUALITY = {
     "awq-w4g128": (0.05, 0.05, 85.0),
     "gptq-w8g128": (0.01, 0.005, 95.0),
 }
-# recipe bits -> memory at most this fraction of the reference's. On CPU the budget checks the model
-# footprint against fp32; on GPU the allocator peak over load + evaluation against 16 bits, where the
-# embedded model's activations (8 windows x 512 tokens x 8192 logits) outweigh its 14 MB of weights.
-FOOTPRINT = {"cpu": {"4bit": 0.45, "8bit": 0.55}, "cuda": {"4bit": 0.80, "8bit": 0.90}}
+# recipe bits -> CPU footprint at most this fraction of the fp32 reference's. On GPU the budget is the
+# allocator peak over load + evaluation, which for the embedded model is dominated by activations
+# (8 windows x 512 tokens x 8192 logits outweigh 14 MB of weights), so there it is gated against the
+# stored baseline only.
+FOOTPRINT_RATIO = {"4bit": 0.45, "8bit": 0.55}
 
 
 def bits(recipe: str) -> str:
@@ -45,6 +46,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             max_rel, max_kl, min_top1 = QUALITY.get(name, (0.05, 0.05, 85.0))
             item.add_marker(pytest.mark.perplexity_delta(max_rel=max_rel))
             item.add_marker(pytest.mark.kl_divergence(max_mean=max_kl, min_top1=min_top1))
-        elif test == "test_memory":
-            device = "cuda" if config.getoption("quant_gpu") or config.getini("quant_gpu") else "cpu"
-            item.add_marker(pytest.mark.vram_budget(ratio=FOOTPRINT[device][bits(name)]))
+        elif test == "test_memory" and not (config.getoption("quant_gpu") or config.getini("quant_gpu")):
+            item.add_marker(pytest.mark.vram_budget(ratio=FOOTPRINT_RATIO[bits(name)]))

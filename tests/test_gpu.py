@@ -25,18 +25,19 @@ def test_gpu(quant_model, quant_reference):
     assert next(quant_model.model.parameters()).is_cuda
     vram = quant_model.vram
     assert vram.allocator_peak_bytes is not None and vram.peak_bytes == vram.allocator_peak_bytes
-    assert vram.peak_bytes >= vram.footprint_bytes
+    assert vram.peak_bytes >= vram.load_peak_bytes >= vram.footprint_bytes * 0.9
     assert quant_reference.vram.peak_bytes > 0
     t = quant_model.throughput
     assert t.repeats == 5 and t.warmup_runs == 3 and t.decode_tokens_per_s > 0
 """
     )
+    before = torch.cuda.memory_allocated()
     result = pytester.runpytest(*FAST, "-p", "no:cacheprovider", "--quant-gpu", "-W", "error::pytest.PytestWarning",
                                 "--quant-recipes", "reference,bnb-nf4,bnb-int8")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["*pytest-quant summary*", "*tiny*bnb-nf4*cuda:0*Linear4bit*pass*"])
     # every model was released: nothing of theirs is left on the device
-    assert torch.cuda.memory_allocated() < 1 << 20
+    assert torch.cuda.memory_allocated() - before < 1 << 20
 
 
 def test_gpu_reference_is_16_bit(pytester: pytest.Pytester) -> None:

@@ -12,6 +12,7 @@ class VramMeasurement:
     peak_bytes: int  # what a budget checks: allocator peak over load + evaluation on GPU, footprint on CPU
     footprint_bytes: int  # parameters + buffers (transformers' get_memory_footprint)
     allocator_peak_bytes: int | None = None  # torch.cuda.max_memory_allocated() above what was allocated before load
+    load_peak_bytes: int | None = None  # the same peak over the load alone (weights-dominated)
     allocator_reserved_peak_bytes: int | None = None
     nvml_process_bytes: int | None = None  # NVML's figure for this process (includes the CUDA context)
 
@@ -26,14 +27,28 @@ class VramTracker:
     def __init__(self, device: str):
         self.device = device
         self.allocated_before_bytes = 0
+        self.load_peak_bytes: int | None = None
         if device.startswith("cuda"):
             import torch
 
+            # The first matmul on a device allocates cuBLAS's workspace (32 MiB on Hopper) through the
+            # caching allocator and keeps it: allocate it now so no model's figure carries it.
+            a = torch.ones(16, 16, device=device, dtype=torch.float16)
+            (a @ a).sum().item()
+            del a
             torch.cuda.synchronize(device)
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
             self.allocated_before_bytes = torch.cuda.memory_allocated(device)
             self.reserved_before_bytes = torch.cuda.memory_reserved(device)
+
+    def loaded(self) -> None:
+        """Note the peak so far: the load alone."""
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize(self.device)
+            self.load_peak_bytes = int(torch.cuda.max_memory_allocated(self.device) - self.allocated_before_bytes)
 
     def read(self, model) -> VramMeasurement:
         footprint = int(model.get_memory_footprint())
@@ -50,6 +65,7 @@ class VramTracker:
             footprint_bytes=footprint,
             allocator_peak_bytes=int(peak),
             allocator_reserved_peak_bytes=int(reserved),
+            load_peak_bytes=self.load_peak_bytes,
             nvml_process_bytes=nvml_process_bytes(self.device),
         )
 
