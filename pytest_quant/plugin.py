@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import pytest
 
-from . import gates, report
+from . import baselines, gates, report
 from .options import QuantOptions, add_options
 from .recipes import BUILTIN_RECIPES, RecipeError, load_user_recipes, select
 from .session import Pair, QuantModel, QuantSession
@@ -21,6 +21,7 @@ QUANT_MARKERS = tuple(gates.MARKERS)
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
+    baselines.add_ini(parser)
 
 
 def _check_cuda(device: str) -> None:
@@ -72,6 +73,11 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     config.stash[SESSION_KEY] = QuantSession(options, recipes, config)
     config.pluginmanager.register(SummaryCollector(config), "quant-summary")
+    # baselines: vs="baseline" markers compare with <baseline dir>/<model>/<hardware>/<test id>.json
+    config.pluginmanager.register(
+        baselines.BaselinePlugin(config, options.baseline_dir, options.device, options.eval_text, [r.name for r in recipes]),
+        "quant-baselines",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -166,6 +172,7 @@ def pytest_runtest_call(item: pytest.Item):
     metrics = qm.measure(*needs, reference_needs=reference_needs)
     item.user_properties.extend(report.properties(metrics, qm.state))
     violations = [v for limit in limits for v in gates.check(limit, metrics)]
+    violations += baselines.check(item, limits, metrics)  # vs="baseline" markers, through syrupy
     if violations:
         item.add_report_section("call", "quant metrics", report.detail(metrics, qm.state))
         pytest.fail("\n".join(v.reason for v in violations), pytrace=False)
