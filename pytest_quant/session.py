@@ -102,6 +102,20 @@ class QuantSession:
         self._windows: dict[str, Any] = {}
         self.live: QuantModel | None = None
 
+    def progress(self, message: str) -> None:
+        """A line in pytest's terminal for the long steps; quiet under -q and on xdist workers."""
+        if self.config is None or self.config.get_verbosity() < 0:
+            return
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None:
+            return
+        if capture is None:
+            reporter.write_line(f"pytest-quant: {message}")
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"pytest-quant: {message}")
+
     # -- what can run ---------------------------------------------------------------------------
     def unavailable_reason(self, pair: Pair) -> str | None:
         backend = pair.recipe.backend
@@ -124,6 +138,7 @@ class QuantSession:
 
         tracker = VramTracker(self.options.device)
         state = self.state(pair)
+        self.progress(f"loading {pair.model.name} under {pair.recipe.name} on {self.options.device}")
         start = time.perf_counter()
         loaded = backends.load(
             backends.LoadRequest(
@@ -138,6 +153,9 @@ class QuantSession:
         tracker.loaded()
         state.quantize_seconds, state.cache = loaded.quantize_seconds, loaded.cache
         state.kernel, state.dtype, state.notes = loaded.kernel, loaded.dtype, dict(loaded.notes)
+        quantized = f", quantized in {loaded.quantize_seconds:.1f} s" if loaded.quantize_seconds else ""
+        cache = f", cache {loaded.cache}" if loaded.cache else ""
+        self.progress(f"{pair.id} loaded in {state.load_seconds:.1f} s ({loaded.kernel}{quantized}{cache})")
         qm = QuantModel(self, pair, loaded, tracker)
         qm.allocated_before_bytes = tracker.allocated_before_bytes
         self.live = qm
@@ -208,7 +226,10 @@ class QuantSession:
             from .measure.throughput import measure_throughput
 
             prompt = list(self.eval_windows(qm).windows[0].input_ids[:PROMPT_TOKENS])
-            state.throughput = measure_throughput(qm.model, prompt, **THROUGHPUT[backends.device_kind(qm.device)])
+            settings = THROUGHPUT[backends.device_kind(qm.device)]
+            self.progress(f"{qm.pair.id}: timing prefill and {settings['decode_tokens']} decode steps "
+                          f"({settings['warmup_runs']} warm-up + {settings['repeats']} timed runs)")
+            state.throughput = measure_throughput(qm.model, prompt, **settings)
         return self.metrics(qm.pair)
 
     def ensure_reference_metrics(self, model: ModelSource, needs: frozenset[str]) -> None:
@@ -224,6 +245,7 @@ class QuantSession:
         from .measure.quality import evaluate
 
         windows = self.eval_windows(qm)
+        self.progress(f"{qm.pair.id}: evaluating {windows.tokens_scored} tokens in {len(windows.windows)} windows")
         if qm.recipe.is_reference:
             quality, logprobs = evaluate(qm.model, windows, EVAL_BATCH_WINDOWS, keep_logprobs=True)
             self._reference_logprobs[qm.pair.model.name] = logprobs
@@ -233,6 +255,8 @@ class QuantSession:
             reference = self._reference_logprobs[qm.pair.model.name]
             quality, _ = evaluate(qm.model, windows, EVAL_BATCH_WINDOWS, reference_logprobs=reference)
         qm.state.quality = quality
+        kl = f", mean KL {quality.mean_kl_nats:.5f} nats" if quality.mean_kl_nats is not None else ""
+        self.progress(f"{qm.pair.id}: perplexity {quality.perplexity:.3f}{kl} ({quality.seconds:.1f} s)")
 
     def metrics(self, pair: Pair) -> Metrics:
         state = self.state(pair)
