@@ -572,7 +572,11 @@ def check(item: pytest.Item, limits: list[Limits], metrics: Metrics) -> list[Vio
                           f"nothing to compare with the baseline {metrics.where}", math.nan, math.nan, "")
                 for key in unmeasured + not_finite]
 
-    snapshot = item.funcargs["snapshot"]
+    snapshot = item.funcargs.get("snapshot")
+    if snapshot is None:
+        return [Violation(gated[0].marker, f"{item.nodeid}: a vs='baseline' marker added after collection cannot be "
+                          "compared; add it at collection time (decorator, pytestmark or pytest_collection_modifyitems)",
+                          math.nan, math.nan, "")]
     assertion = snapshot.use_extension(BaselineExtension)
     extension = assertion.extension
     extension.tolerances, extension.update = tolerances, bool(assertion.update_snapshots)
@@ -649,7 +653,20 @@ class BaselinePlugin:
                 return True
         return False
 
-    @pytest.hookimpl(tryfirst=True)
+    def _own(self, item: pytest.Item) -> None:
+        """Record which baseline file a collected test owns: such a file is never unused."""
+        model = _model_name(item)
+        if model is not None:
+            name = BaselineExtension.get_snapshot_name(test_location=PyTestLocation(item))
+            self.settings.owners.setdefault((model, name), []).append(item.nodeid)
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            if isinstance(item, pytest.Function) and self._gated(item):
+                self._own(item)
+
+    # last, so that markers added by conftest files' own collection hooks are seen
+    @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         has_syrupy = self.config.pluginmanager.hasplugin("syrupy")
         for item in items:
@@ -660,10 +677,7 @@ class BaselinePlugin:
                 continue
             if "snapshot" not in item.fixturenames:
                 item.fixturenames.append("snapshot")
-            model = _model_name(item)
-            if model is not None:
-                name = BaselineExtension.get_snapshot_name(test_location=PyTestLocation(item))
-                self.settings.owners.setdefault((model, name), []).append(item.nodeid)
+            self._own(item)
         for (model, name), nodeids in self.settings.owners.items():
             if len(nodeids) > 1:
                 for nodeid in nodeids:

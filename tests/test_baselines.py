@@ -435,6 +435,32 @@ def test_corrupt_or_misshapen_baseline_fails_and_is_kept_until_update(run_quant,
     assert loads(torn.read_text())["metrics"]["perplexity"] > 1
 
 
+CONFTEST_MARKS = """
+import pytest
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(pytest.mark.vram_budget(vs="baseline"))
+"""
+
+
+def test_markers_added_by_a_conftest_hook_are_compared_and_deselected_baselines_kept(
+    run_quant, pytester: pytest.Pytester
+) -> None:
+    pytester.makeconftest(CONFTEST_MARKS)
+    site = pytester.path / SITE
+    site.mkdir(parents=True)
+    kept = site / "test_b[tiny-reference].json"
+    kept.write_text(dumps(record({"vram_peak_bytes": 1})))
+    source = "def test_a(quant_model):\n    pass\n\ndef test_b(quant_model):\n    pass\n"
+    result = run_quant(source, *REFERENCE, "-k", "test_a", "--snapshot-update")
+    result.assert_outcomes(passed=1, deselected=1)
+    result.stdout.fnmatch_lines(["*1 snapshot generated.*"])
+    assert "unused" not in result.stdout.str()
+    assert (site / "test_a[tiny-reference].json").exists()
+    assert loads(kept.read_text())["metrics"]["vram_peak_bytes"] == 1
+
+
 MANY = "\n".join(
     f"""
 @pytest.mark.vram_budget(vs="baseline")
