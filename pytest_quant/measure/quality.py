@@ -1,0 +1,278 @@
+"""Perplexity, KL divergence and top-1 agreement over lm-evaluation-harness's rolling windows, in one forward pass.
+
+The windowing is lm-evaluation-harness's ``loglikelihood_rolling`` (``lm_eval.utils.get_rolling_token_windows``
+followed by ``make_disjoint_window`` and HFLM's ``(context + continuation)[-(max_length + 1):][:-1]``), so that
+with ``stride == max_length`` the perplexity here is the one lm-eval reports for the same tokens. KL divergence
+and top-1 agreement are the statistics llama.cpp's ``perplexity --kl-divergence`` reports: KL(P_reference ||
+P_model) per scored token (mean and 99th percentile), and the share of scored tokens whose argmax agrees.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RollingWindow:
+    """One model input; its last ``len(target_ids)`` positions predict ``target_ids``."""
+
+    input_ids: tuple[int, ...]
+    target_ids: tuple[int, ...]
+
+    @property
+    def n_scored(self) -> int:
+        return len(self.target_ids)
+
+
+def rolling_windows(token_ids, prefix_token: int, max_length: int, stride: int) -> list[RollingWindow]:
+    """Windows that score every token of ``token_ids`` exactly once, each with at most ``max_length`` inputs.
+
+    lm-eval's algorithm with ``context_len = max_length - stride + 1`` (lm-eval itself uses ``context_len=1``,
+    which is ``stride == max_length``). The first window is ``[prefix_token] + tokens[:max_length - 1]`` and
+    scores ``tokens[:max_length]``; each later window scores the next ``stride`` tokens (fewer in the last one)
+    from a full ``max_length`` input ending just before the last scored token, so the last window carries extra
+    context rather than being short. All windows therefore have the same input length whenever
+    ``len(token_ids) >= max_length``.
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    if not 1 <= stride <= max_length:
+        raise ValueError(f"stride must be between 1 and max_length={max_length}, got {stride}")
+    tokens = list(token_ids)
+    if not tokens:
+        return []
+    first = min(max_length, len(tokens))
+    windows = [RollingWindow(tuple([prefix_token] + tokens[: first - 1]), tuple(tokens[:first]))]
+    predicted = first
+    while predicted < len(tokens):
+        n = min(len(tokens) - predicted, stride)
+        end = predicted + n
+        windows.append(RollingWindow(tuple(tokens[end - max_length - 1 : end - 1]), tuple(tokens[end - n : end])))
+        predicted = end
+    return windows
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What text to score and how. ``stride_tokens`` defaults to ``context_tokens`` (lm-eval's windows)."""
+
+    text_path: Path
+    max_tokens: int | None = None  # truncate the tokenized text to this many tokens; None keeps all
+    context_tokens: int = 512  # clamped to the model's max_position_embeddings by prepare()
+    stride_tokens: int | None = None
+    batch_windows: int = 8
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < 2:
+            raise ValueError(f"max_tokens must be >= 2 (or None for the whole text), got {self.max_tokens}")
+        if self.context_tokens < 1:
+            raise ValueError(f"context_tokens must be >= 1, got {self.context_tokens}")
+        if self.stride_tokens is None:
+            object.__setattr__(self, "stride_tokens", self.context_tokens)
+        if self.stride_tokens < 1:
+            raise ValueError(f"stride_tokens must be >= 1, got {self.stride_tokens}")
+        if self.stride_tokens > self.context_tokens:
+            raise ValueError(
+                f"stride_tokens={self.stride_tokens} is larger than context_tokens={self.context_tokens}; "
+                "tokens between windows would never be scored"
+            )
+        if self.batch_windows < 1:
+            raise ValueError(f"batch_windows must be >= 1, got {self.batch_windows}")
+
+
+@dataclass(frozen=True)
+class EvalWindows:
+    """A tokenized text cut into rolling windows; made once per session and reused for every model."""
+
+    windows: tuple[RollingWindow, ...] = field(repr=False)
+    tokens_scored: int
+    context_tokens: int
+    stride_tokens: int
+    prefix_token: int
+    text_path: str
+
+
+@dataclass(frozen=True)
+class QualityMeasurement:
+    perplexity: float
+    nll_nats_per_token: float
+    tokens_scored: int
+    windows: int
+    context_tokens: int
+    stride_tokens: int
+    mean_kl_nats: float | None  # KL(P_reference || P_model) per scored token; None without a reference
+    p99_kl_nats: float | None
+    top1_agreement_percent: float | None
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_scored / self.seconds if self.seconds > 0 else math.inf
+
+
+def default_prefix_token(tokenizer) -> int:
+    """BOS, else EOS: HFLM.prefix_token_id's choice in lm-evaluation-harness."""
+    for token in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token is not None:
+            return int(token)
+    raise ValueError("the tokenizer has neither a BOS nor an EOS token; pass prefix_token explicitly")
+
+
+def model_max_positions(model) -> int | None:
+    config = getattr(model, "config", None)
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def tokenize_text(tokenizer, text: str) -> list[int]:
+    """The text's own tokens. No special tokens: the prefix token is the window's BOS, as in lm-eval."""
+    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+def prepare(tokenizer, spec: EvalSpec, prefix_token: int | None = None, max_positions: int | None = None) -> EvalWindows:
+    """Tokenize ``spec.text_path`` once and cut it into windows.
+
+    ``max_positions`` (the model's ``max_position_embeddings``, see ``model_max_positions``) caps the context;
+    the stride is capped with it.
+    """
+    text = Path(spec.text_path).read_text(encoding="utf-8")
+    tokens = tokenize_text(tokenizer, text)
+    if spec.max_tokens is not None:
+        tokens = tokens[: spec.max_tokens]
+    if len(tokens) < 2:
+        raise ValueError(f"{spec.text_path} has {len(tokens)} tokens; at least 2 are needed")
+    context = spec.context_tokens if max_positions is None else min(spec.context_tokens, max_positions)
+    stride = min(spec.stride_tokens, context)
+    prefix = default_prefix_token(tokenizer) if prefix_token is None else int(prefix_token)
+    windows = rolling_windows(tokens, prefix, context, stride)
+    return EvalWindows(tuple(windows), len(tokens), context, stride, prefix, str(spec.text_path))
+
+
+def _batches(windows, batch_windows: int):
+    """Consecutive windows of equal input length, at most ``batch_windows`` at a time (no padding needed)."""
+    batch: list[RollingWindow] = []
+    for window in windows:
+        if batch and (len(batch) == batch_windows or len(window.input_ids) != len(batch[0].input_ids)):
+            yield batch
+            batch = []
+        batch.append(window)
+    if batch:
+        yield batch
+
+
+def _model_device(model):
+    import torch
+
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    return next(model.parameters()).device
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _percentile(values, q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), on a 1-D tensor."""
+    ordered = values.double().sort().values
+    position = (ordered.numel() - 1) * q / 100.0
+    low = math.floor(position)
+    high = min(low + 1, ordered.numel() - 1)
+    return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
+
+
+def evaluate(
+    model,
+    windows: EvalWindows,
+    batch_windows: int = 8,
+    reference_logprobs: Any = None,
+    keep_logprobs: bool = False,
+):
+    """Score every window; return ``(QualityMeasurement, logprobs or None)``.
+
+    One forward pass per batch of windows serves perplexity and, when ``reference_logprobs`` (a float32
+    ``[tokens_scored, vocab]`` tensor from an earlier ``keep_logprobs=True`` call) is given, KL divergence and
+    top-1 agreement against it. Only the scored positions' logits are requested where the model supports
+    ``logits_to_keep``; the float32 log-softmax is taken one window at a time, so the device holds one batch's
+    logits plus one window's float32 copy. With ``keep_logprobs=True`` the scored positions' float32
+    log-probabilities come back as a CPU tensor ``[tokens_scored, vocab]``.
+    """
+    import torch
+
+    if batch_windows < 1:
+        raise ValueError(f"batch_windows must be >= 1, got {batch_windows}")
+    if reference_logprobs is not None and reference_logprobs.shape[0] != windows.tokens_scored:
+        raise ValueError(
+            f"reference_logprobs has {reference_logprobs.shape[0]} rows but the windows score "
+            f"{windows.tokens_scored} tokens; compute the reference on the same EvalWindows"
+        )
+    device = _model_device(model)
+    trim_logits = _accepts_logits_to_keep(model)
+    kept = None
+    nll_sum = torch.zeros((), dtype=torch.float64, device=device)
+    top1_agree = torch.zeros((), dtype=torch.int64, device=device)
+    kl_parts = []
+    offset = 0
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in _batches(windows.windows, batch_windows):
+            input_ids = torch.tensor([w.input_ids for w in batch], dtype=torch.long).to(device, non_blocking=True)
+            n_keep = max(w.n_scored for w in batch)
+            kwargs: dict[str, Any] = {"use_cache": False}
+            if trim_logits and n_keep < input_ids.shape[1]:
+                kwargs["logits_to_keep"] = n_keep
+            logits = model(input_ids=input_ids, **kwargs).logits
+            for row, window in enumerate(batch):
+                n = window.n_scored
+                logprobs = logits[row, -n:].float().log_softmax(dim=-1)
+                targets = torch.tensor(window.target_ids, dtype=torch.long).to(device, non_blocking=True)
+                nll_sum -= logprobs.gather(1, targets[:, None]).sum(dtype=torch.float64)
+                if reference_logprobs is not None:
+                    reference = reference_logprobs[offset : offset + n].to(device, dtype=torch.float32)
+                    p_reference = reference.exp()
+                    # 0 * log(0) terms are 0, not nan
+                    terms = torch.where(p_reference > 0, p_reference * (reference - logprobs), 0.0)
+                    kl_parts.append(terms.sum(dim=-1, dtype=torch.float64))
+                    top1_agree += (reference.argmax(dim=-1) == logprobs.argmax(dim=-1)).sum()
+                    del reference, p_reference, terms
+                if keep_logprobs:
+                    if kept is None:
+                        kept = torch.empty((windows.tokens_scored, logprobs.shape[-1]), dtype=torch.float32)
+                    kept[offset : offset + n].copy_(logprobs)
+                offset += n
+                del logprobs
+            del logits
+        nll = nll_sum.item() / windows.tokens_scored
+        mean_kl = p99_kl = top1 = None
+        if reference_logprobs is not None:
+            kl = torch.cat(kl_parts).cpu()
+            mean_kl = float(kl.mean())
+            p99_kl = _percentile(kl, 99.0)
+            top1 = 100.0 * top1_agree.item() / windows.tokens_scored
+    seconds = time.perf_counter() - start
+    measurement = QualityMeasurement(
+        perplexity=math.exp(nll),
+        nll_nats_per_token=nll,
+        tokens_scored=windows.tokens_scored,
+        windows=len(windows.windows),
+        context_tokens=windows.context_tokens,
+        stride_tokens=windows.stride_tokens,
+        mean_kl_nats=mean_kl,
+        p99_kl_nats=p99_kl,
+        top1_agreement_percent=top1,
+        seconds=seconds,
+    )
+    return measurement, kept
