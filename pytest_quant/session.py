@@ -54,6 +54,7 @@ class PairState:
     vram: Any = None
     throughput: Any = None
     quality: Any = None
+    roofline_fraction: float | None = None  # decode tokens/s over the memory-bandwidth bound (GPU)
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -230,6 +231,13 @@ class QuantSession:
             self.progress(f"{qm.pair.id}: timing prefill and {settings['decode_tokens']} decode steps "
                           f"({settings['warmup_runs']} warm-up + {settings['repeats']} timed runs)")
             state.throughput = measure_throughput(qm.model, prompt, **settings)
+            from .measure.roofline import memory_bandwidth_bytes_per_s, roofline_fraction
+
+            state.roofline_fraction = roofline_fraction(
+                state.throughput.decode_tokens_per_s,
+                int(qm.model.get_memory_footprint()),
+                memory_bandwidth_bytes_per_s(qm.device),
+            )
         return self.metrics(qm.pair)
 
     def ensure_reference_metrics(self, model: ModelSource, needs: frozenset[str]) -> None:
