@@ -1,13 +1,25 @@
-"""The regression gate: every recipe of every --quant-model, against its reference (limits in conftest.py)."""
+"""The regression gate: every recipe of every --quant-model, against its unquantized reference (limits
+per recipe in conftest.py) and against the baselines stored for this hardware (baselines/)."""
 
 from __future__ import annotations
 
+import pytest
 
+
+@pytest.mark.perplexity_delta(vs="baseline")
+@pytest.mark.kl_divergence(vs="baseline")
 def test_quality(quant_model):
-    """Perplexity delta, mean KL divergence and top-1 agreement against the unquantized reference."""
+    """Perplexity, mean and 99th-percentile KL divergence, top-1 agreement."""
     assert quant_model.quality.tokens_scored > 0
 
 
+@pytest.mark.vram_budget(vs="baseline")
 def test_memory(quant_model):
-    """Peak memory (CPU: footprint) against the reference's."""
+    """Peak memory over load + evaluation on GPU; the model footprint on CPU."""
     assert quant_model.vram.peak_bytes > 0
+
+
+@pytest.mark.tokens_per_second(vs="baseline")
+def test_speed(quant_model):
+    """Median decode tokens/s after warm-up."""
+    assert quant_model.throughput.decode_tokens_per_s > 0
