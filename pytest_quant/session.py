@@ -55,6 +55,7 @@ class PairState:
     throughput: Any = None
     quality: Any = None
     roofline_fraction: float | None = None  # decode tokens/s over the memory-bandwidth bound (GPU)
+    timing_seconds: float | None = None  # wall time of the throughput measurement, warm-up included
     notes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -230,7 +231,9 @@ class QuantSession:
             settings = THROUGHPUT[backends.device_kind(qm.device)]
             self.progress(f"{qm.pair.id}: timing prefill and {settings['decode_tokens']} decode steps "
                           f"({settings['warmup_runs']} warm-up + {settings['repeats']} timed runs)")
+            start = time.perf_counter()
             state.throughput = measure_throughput(qm.model, prompt, **settings)
+            state.timing_seconds = time.perf_counter() - start
             from .measure.roofline import memory_bandwidth_bytes_per_s, roofline_fraction
 
             state.roofline_fraction = roofline_fraction(
