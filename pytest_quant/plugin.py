@@ -181,11 +181,15 @@ def pytest_runtest_call(item: pytest.Item):
 
 class SummaryCollector:
     """Gathers each test's metrics from its report (so it works under xdist, where reports arrive
-    from workers) and prints the summary table."""
+    from workers) and prints the summary table; writes --quant-report and $GITHUB_STEP_SUMMARY."""
 
     def __init__(self, config: pytest.Config):
+        from . import report_files
+
         self.config = config
         self.rows = report.Rows()
+        # a bad --quant-report suffix is a usage error now, at start-up, not after the run
+        self.files = report_files.ReportFiles(config, config.stash[SESSION_KEY].options)
 
     def pytest_runtest_logreport(self, report) -> None:
         self.rows.add(report)
@@ -194,4 +198,7 @@ class SummaryCollector:
         if self.rows.pairs and self.config.get_verbosity() > -2:
             terminalreporter.write_sep("=", "pytest-quant summary")
             for line in report.table(self.rows):
+                terminalreporter.write_line(line)
+        for line in self.files.write(self.rows):
+            if self.config.get_verbosity() > -2:
                 terminalreporter.write_line(line)
