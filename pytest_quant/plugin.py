@@ -160,6 +160,10 @@ def quant_reference(quant_pair: Pair, request: pytest.FixtureRequest):
     return quant.metrics(Pair(quant_pair.model, BUILTIN_RECIPES["reference"]))
 
 
+def quant_session(config: pytest.Config) -> QuantSession:
+    return config.stash[SESSION_KEY]
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     result = yield
@@ -168,6 +172,8 @@ def pytest_runtest_call(item: pytest.Item):
         return result
     limits: list[gates.Limits] = item.stash.get(LIMITS_KEY, [])
     needs = frozenset().union(*(l.needs for l in limits)) if limits else frozenset()
+    if quant_session(item.config).options.report is not None:
+        needs = needs | frozenset(gates.NEEDS)  # a report shows every figure of every recipe
     reference_needs = frozenset().union(*(l.reference_needs for l in limits)) if limits else frozenset()
     metrics = qm.measure(*needs, reference_needs=reference_needs)
     item.user_properties.extend(report.properties(metrics, qm.state))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import platform
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .options import format_bytes
@@ -19,6 +22,7 @@ def properties(metrics, state) -> list[tuple[str, Any]]:
         "device": metrics.device,
         "kernel": state.kernel,
         "dtype": state.dtype,
+        "hardware": hardware_name(metrics.device),
     }
     if state.load_seconds is not None:
         props["load_s"] = round(state.load_seconds, 3)
@@ -29,8 +33,14 @@ def properties(metrics, state) -> list[tuple[str, Any]]:
     if metrics.vram is not None:
         props["vram_peak_bytes"] = metrics.vram.peak_bytes
         props["vram_footprint_bytes"] = metrics.vram.footprint_bytes
+        if metrics.vram.load_peak_bytes is not None:
+            props["vram_load_peak_bytes"] = metrics.vram.load_peak_bytes
         if metrics.vram.nvml_process_bytes is not None:
             props["nvml_process_bytes"] = metrics.vram.nvml_process_bytes
+    if state.timing_seconds is not None:
+        props["timing_s"] = round(state.timing_seconds, 3)
+    if state.roofline_fraction is not None:
+        props["roofline_percent"] = round(100 * state.roofline_fraction, 3)
     if metrics.throughput is not None:
         t = metrics.throughput
         props.update(
@@ -42,6 +52,7 @@ def properties(metrics, state) -> list[tuple[str, Any]]:
     if metrics.quality is not None:
         q = metrics.quality
         props["perplexity"] = round(q.perplexity, 4)
+        props["eval_s"] = round(q.seconds, 3)
         props["eval_tokens"] = q.tokens_scored
         if q.mean_kl_nats is not None:
             props.update(
@@ -54,6 +65,23 @@ def properties(metrics, state) -> list[tuple[str, Any]]:
             props["reference_perplexity"] = round(ref.quality.perplexity, 4)
             props["delta_perplexity"] = round(q.perplexity - ref.quality.perplexity, 4)
     return [(PREFIX + k, v) for k, v in props.items()]
+
+
+@functools.cache
+def hardware_name(device: str) -> str:
+    """'NVIDIA H100 80GB HBM3', or the CPU's model name: recorded with the metrics because under xdist
+    only the workers know it (the controller never imports torch)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(int(device.split(":")[1]) if ":" in device else 0)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def detail(metrics, state) -> str:
@@ -91,6 +119,7 @@ COLUMNS = (
     ("kernel", "kernel", str),
     ("VRAM", "vram_peak_bytes", format_bytes),
     ("decode tok/s", "decode_tokens_per_s", lambda v: f"{v:.1f}"),
+    ("roofline %", "roofline_percent", lambda v: f"{v:.2f}"),
     ("ppl", "perplexity", lambda v: f"{v:.3f}"),
     ("Δppl", "delta_perplexity", lambda v: f"{v:+.3f}"),
     ("mean KL", "mean_kl_nats", lambda v: f"{v:.5f}"),

@@ -41,6 +41,7 @@ REPORT_COLUMNS = (
     ("kernel", "kernel", str),
     ("VRAM peak", "vram_peak_bytes", format_bytes),
     ("decode tok/s", "decode_tokens_per_s", _FORMAT["decode_tokens_per_s"]),
+    ("% of bandwidth bound", "roofline_percent", _FORMAT["roofline_percent"]),
     ("perplexity", "perplexity", _FORMAT["perplexity"]),
     ("Δ perplexity", "delta_perplexity", _FORMAT["delta_perplexity"]),
     ("mean KL (nats)", "mean_kl_nats", _FORMAT["mean_kl_nats"]),

@@ -59,7 +59,9 @@ def expected_cells(props: dict, result: str) -> list[str]:
     """The report's cells for one row, formatted here independently of the writers."""
     delta = props.get("delta_perplexity")
     return [props["model"], props["recipe"], props["device"], props["kernel"], format_bytes(props["vram_peak_bytes"]),
-            f"{props['decode_tokens_per_s']:.1f}", f"{props['perplexity']:.3f}",
+            f"{props['decode_tokens_per_s']:.1f}",
+            f"{props['roofline_percent']:.2f}" if props.get("roofline_percent") is not None else "-",
+            f"{props['perplexity']:.3f}",
             f"{delta:+.3f}" if delta is not None else "-", f"{props['mean_kl_nats']:.5f}",
             f"{props['p99_kl_nats']:.4f}", f"{props['top1_agreement_percent']:.2f}", result]
 
@@ -84,7 +86,8 @@ def test_markdown_has_the_run_header_and_one_row_per_model_and_recipe(rows, info
     assert "- **device**: cpu" in text and "- **hardware**: Test CPU 9000" in text
     assert f"- **eval tokens**: {REF['eval_tokens']} of eval.txt" in text
     table = [line for line in text.splitlines() if line.startswith("|")]
-    assert table[0] == "| model | recipe | device | kernel | VRAM peak | decode tok/s | perplexity | Δ perplexity " \
+    assert table[0] == "| model | recipe | device | kernel | VRAM peak | decode tok/s | % of bandwidth bound " \
+                       "| perplexity | Δ perplexity " \
                        "| mean KL (nats) | p99 KL (nats) | top-1 % | result |"
     assert table[1].startswith("| --- | --- | --- | --- | ---: |")
     assert table[2:] == ["| " + " | ".join(expected_cells(p, r)) + " |"
@@ -253,7 +256,7 @@ def test_a_real_run_writes_the_markdown_report_and_the_step_summary(pytester: py
         row = next(line for line in text.splitlines() if line.startswith(f"| tiny | {recipe} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[2:4] == ["cpu", props["kernel"]]
-        assert cells[6] == f"{props['perplexity']:.3f}" and cells[-1] == "pass"
+        assert cells[7] == f"{props['perplexity']:.3f}" and cells[-1] == "pass"
     assert f"{measured['bnb-nf4']['delta_perplexity']:+.3f}" in text
     png_size(out.with_suffix(".png"))
     assert summary.read_text().count("| tiny | bnb-nf4 |") == 1
