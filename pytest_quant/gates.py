@@ -197,16 +197,16 @@ MARKERS: dict[str, MarkerSpec] = {
     for spec in (
         MarkerSpec("vram_budget", ("budget", "ratio"), frozenset({"vram"}), check_vram, positional="budget",
                    help='vram_budget("6 GiB") or vram_budget(ratio=0.5): peak GPU memory (CPU: model footprint) at most '
-                        "the budget, or at most ratio x the reference's", ratio_keywords=frozenset({"ratio"})),
+                        "the budget, or at most ratio x the reference's; vs=\"baseline\" (tolerance=...) compares with the stored baseline", ratio_keywords=frozenset({"ratio"})),
         MarkerSpec("tokens_per_second", ("min", "min_ratio"), frozenset({"throughput"}), check_tokens_per_second,
                    help="tokens_per_second(min=..., min_ratio=...): decode tokens/s at least min, or at least "
-                        "min_ratio x the reference measured in the same session", ratio_keywords=frozenset({"min_ratio"})),
+                        "min_ratio x the reference measured in the same session; vs=\"baseline\" (tolerance=...) compares with the stored baseline", ratio_keywords=frozenset({"min_ratio"})),
         MarkerSpec("perplexity_delta", ("max", "max_rel"), frozenset({"quality"}), check_perplexity,
                    help="perplexity_delta(max=..., max_rel=...): perplexity at most max above the reference's "
-                        "(max_rel: as a fraction of it)", ratio_keywords=frozenset({"max", "max_rel"})),
+                        "(max_rel: as a fraction of it); vs=\"baseline\" (tolerance=...) compares with the stored baseline", ratio_keywords=frozenset({"max", "max_rel"})),
         MarkerSpec("kl_divergence", ("max_mean", "max_p99", "min_top1"), frozenset({"quality"}), check_kl,
                    help="kl_divergence(max_mean=..., max_p99=..., min_top1=...): KL(reference || quantized) in nats "
-                        "per token and top-1 agreement in percent", ratio_keywords=frozenset({"max_mean", "max_p99", "min_top1"})),
+                        "per token and top-1 agreement in percent; vs=\"baseline\" (tolerance=...) compares with the stored baseline", ratio_keywords=frozenset({"max_mean", "max_p99", "min_top1"})),
     )
 }
 
