@@ -138,7 +138,7 @@ class QuantSession:
             self.ensure_reference(pair.model)
         from .measure.vram import VramTracker
 
-        tracker = VramTracker(self.options.device)
+        trackers: list[VramTracker] = []
         state = self.state(pair)
         self.progress(f"loading {pair.model.name} under {pair.recipe.name} on {self.options.device}")
         start = time.perf_counter()
@@ -149,8 +149,10 @@ class QuantSession:
                 device=self.options.device,
                 cache_dir=Path(self.options.cache_dir),
                 calibration_text=embedded_calibration_text(),
+                before_load=lambda: trackers.append(VramTracker(self.options.device)),
             )
         )
+        tracker = trackers[-1]
         state.load_seconds = time.perf_counter() - start
         tracker.loaded()
         state.quantize_seconds, state.cache = loaded.quantize_seconds, loaded.cache

@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..recipes import Recipe
 
@@ -39,6 +39,9 @@ class LoadRequest:
     device: str  # "cpu" or "cuda:N"
     cache_dir: Path | None = None  # where quantized models may be cached (backends that quantize)
     calibration_text: Path | None = None
+    # Called right before the model that will be measured starts loading, after any quantization:
+    # memory is measured from there, so a one-off quantization does not count against a VRAM budget.
+    before_load: Callable[[], None] = lambda: None
 
 
 @dataclass
@@ -74,6 +77,8 @@ def supports(backend: str, device: str) -> bool:
 
 def load(request: LoadRequest) -> Loaded:
     module = importlib.import_module(REGISTRY[request.recipe.backend][0])
+    if not getattr(module, "CALLS_BEFORE_LOAD", False):  # backends that quantize first call it themselves
+        request.before_load()
     return module.load(request)
 
 

@@ -31,6 +31,7 @@ INSTALL_HINT = "pip install 'pytest-quant[gptq]'"
 DEVICES = ("cpu", "cuda")
 
 PREQUANTIZED = "prequantized"
+CALLS_BEFORE_LOAD = True  # request.before_load() runs after quantization, right before the measured load
 # What loading a pre-quantized checkpoint of each method needs installed (import names).
 PREQUANTIZED_REQUIRES: dict[str, tuple[str, ...]] = {
     "gptq": ("gptqmodel", "optimum"),
@@ -370,6 +371,7 @@ def load(request: LoadRequest) -> Loaded:
     notes["checkpoint"] = str(saved)
     # The source model's dtype, as the reference runs in, whatever GPTQModel quantized in.
     dtype = default_dtype(request.model_path, request.device)
+    request.before_load()
     model, _, _ = load_checkpoint(saved, request.device, spec.kernel, dtype=dtype, **spec.load_options)
     return Loaded(
         model,
@@ -412,6 +414,7 @@ def load_prequantized(request: LoadRequest) -> Loaded:
             f"{request.model_path}: config.json has no quantization_config; recipe {PREQUANTIZED!r} needs a "
             "pre-quantized checkpoint"
         )
+    request.before_load()
     model, method, kernel = load_checkpoint(request.model_path, request.device, request.recipe.get("kernel"))
     notes = {"method": method, "checkpoint": str(request.model_path)}
     if kernel:
