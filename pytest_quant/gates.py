@@ -217,4 +217,10 @@ def check(limits: Limits, metrics: Metrics) -> list[Violation]:
         # The reference is the yardstick: a ratio or a delta against itself gates nothing.
         values = {k: v for k, v in limits.values.items() if k not in spec.ratio_keywords}
         limits = Limits(limits.marker, values, limits.needs)
+    relative = sorted(set(limits.values) & spec.ratio_keywords)
+    no_kl = limits.marker == "kl_divergence" and metrics.quality is not None and metrics.quality.mean_kl_nats is None
+    if relative and not metrics.is_reference and (metrics.reference is None or no_kl):
+        return [Violation(limits.marker, f"@pytest.mark.{limits.marker}({', '.join(relative)}=...) compares with the "
+                          f"unquantized reference, and {metrics.model} is a pre-quantized checkpoint without one: gate it "
+                          f"with absolute limits or vs='baseline' {metrics.where}", float("nan"), float("nan"), "")]
     return spec.check(metrics, limits) if limits.values else []

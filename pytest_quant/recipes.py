@@ -84,6 +84,11 @@ BUILTIN_RECIPES: dict[str, Recipe] = {
     )
 }
 
+# Not selectable by name: the one recipe of a --quant-model folder that carries its own quantization_config.
+PREQUANTIZED = Recipe(
+    "prequantized", "gptqmodel", (), "a checkpoint that carries its own quantization_config (GPTQ, AWQ, bitsandbytes)"
+)
+
 # The plugin's own recipe fields, beside those of the transformers config class of each backend.
 PLUGIN_FIELDS: dict[str, frozenset[str]] = {
     "reference": frozenset({"dtype"}),

@@ -19,7 +19,7 @@ from . import backends
 from .gates import Metrics
 from .models import ModelSource, embedded_calibration_text
 from .options import QuantOptions, format_bytes
-from .recipes import BUILTIN_RECIPES, Recipe
+from .recipes import BUILTIN_RECIPES, PREQUANTIZED, Recipe
 
 PROMPT_TOKENS = 128
 # Decode steps, timed repeats and untimed warm-up runs per device kind.
@@ -97,12 +97,25 @@ class QuantSession:
         self.options = options
         self.recipes = recipes
         self.config = config
-        self.pairs = [Pair(m, r) for m in options.models for r in recipes]
+        self.pairs = [p for m in options.models for p in self._pairs_of(m, recipes)]
         self.states: dict[str, PairState] = {p.id: PairState(p) for p in self.pairs}
         self.reference_needs: frozenset[str] = frozenset()  # set after collection from the markers
         self._reference_logprobs: dict[str, Any] = {}
         self._windows: dict[str, Any] = {}
         self.live: QuantModel | None = None
+
+    @staticmethod
+    def _pairs_of(model: ModelSource, recipes: list[Recipe]) -> list[Pair]:
+        """A checkpoint that is already quantized is gated as it is, under the recipe ``prequantized``."""
+        from .backends.gptqmodel import quantization_method
+
+        if quantization_method(model.path) is not None:
+            return [Pair(model, PREQUANTIZED)]
+        return [Pair(model, r) for r in recipes]
+
+    @staticmethod
+    def has_reference(pair: Pair) -> bool:
+        return pair.recipe is not PREQUANTIZED
 
     def progress(self, message: str) -> None:
         """A line in pytest's terminal for the long steps; quiet under -q and on xdist workers."""
@@ -134,7 +147,7 @@ class QuantSession:
         return self.states.setdefault(pair.id, PairState(pair))
 
     def open(self, pair: Pair) -> QuantModel:
-        if not pair.recipe.is_reference:
+        if not pair.recipe.is_reference and self.has_reference(pair):
             self.ensure_reference(pair.model)
         from .measure.vram import VramTracker
 
@@ -220,7 +233,7 @@ class QuantSession:
         evaluation), then VRAM, then throughput."""
         state = qm.state
         is_ref = qm.recipe.is_reference
-        if reference_needs - frozenset({"quality"}) and not is_ref:
+        if reference_needs - frozenset({"quality"}) and not is_ref and self.has_reference(qm.pair):
             self.ensure_reference_metrics(qm.pair.model, reference_needs)
         if needs & {"quality", "vram"} and state.quality is None:
             self._measure_quality(qm)
@@ -265,7 +278,7 @@ class QuantSession:
             # against itself: zero divergence and full agreement, by definition
             quality = dataclasses.replace(quality, mean_kl_nats=0.0, p99_kl_nats=0.0, top1_agreement_percent=100.0)
         else:
-            reference = self._reference_logprobs[qm.pair.model.name]
+            reference = self._reference_logprobs.get(qm.pair.model.name)  # None for a pre-quantized checkpoint
             quality, _ = evaluate(qm.model, windows, EVAL_BATCH_WINDOWS, reference_logprobs=reference)
         qm.state.quality = quality
         kl = f", mean KL {quality.mean_kl_nats:.5f} nats" if quality.mean_kl_nats is not None else ""
