@@ -94,7 +94,7 @@ PLUGIN_FIELDS: dict[str, frozenset[str]] = {
     "reference": frozenset({"dtype"}),
     "bitsandbytes": frozenset(),
     "gptqmodel": frozenset(
-        {"method", "kernel", "calibration", "calibration_samples", "calibration_seq_len"}
+        {"method", "kernel", "calibration", "calibration_samples", "calibration_seq_len", "version", "batch_size"}
     ),
 }
 CONFIG_CLASS = {"bitsandbytes": "BitsAndBytesConfig", "gptqmodel": ("GPTQConfig", "AwqConfig")}
