@@ -29,6 +29,7 @@ from syrupy.location import PyTestLocation
 
 from . import __version__
 from .gates import Limits, MarkerError, Metrics, Violation
+from .hardware import cpu_name, hardware_key
 from .options import format_bytes
 
 FORMAT_VERSION = 1
@@ -152,31 +153,6 @@ def parse_tolerance_ini(lines: list[str]) -> dict[tuple[str | None, str], float]
 
 
 # -- where files live ---------------------------------------------------------------------------
-def normalise_hardware_name(name: str) -> str:
-    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3'."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
-
-
-def hardware_key(device: str) -> str:
-    """The GPU's normalised name, or 'cpu'. Versions go into the file, never into the key."""
-    if not device.startswith("cuda"):
-        return "cpu"
-    import torch
-
-    index = int(device.split(":")[1]) if ":" in device else 0
-    return normalise_hardware_name(torch.cuda.get_device_name(index))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _nvidia_driver() -> str | None:
     try:
         import pynvml
@@ -207,7 +183,7 @@ def environment(device: str) -> dict[str, Any]:
         hardware.update(name=props.name, compute_capability=f"{props.major}.{props.minor}",
                         memory_bytes=int(props.total_memory), cuda=torch.version.cuda, driver=_nvidia_driver())
     else:
-        hardware.update(name=_cpu_name(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
+        hardware.update(name=cpu_name(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
     versions = {"python": platform.python_version(), "pytest-quant": __version__}
     for dist in ("torch", "transformers", "accelerate", "bitsandbytes", "gptqmodel", "optimum"):
         try:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-import platform
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from .hardware import hardware_name
 from .options import format_bytes
 
 PREFIX = "quant."
@@ -65,23 +63,6 @@ def properties(metrics, state) -> list[tuple[str, Any]]:
             props["reference_perplexity"] = round(ref.quality.perplexity, 4)
             props["delta_perplexity"] = round(q.perplexity - ref.quality.perplexity, 4)
     return [(PREFIX + k, v) for k, v in props.items()]
-
-
-@functools.cache
-def hardware_name(device: str) -> str:
-    """'NVIDIA H100 80GB HBM3', or the CPU's model name: recorded with the metrics because under xdist
-    only the workers know it (the controller never imports torch)."""
-    if device.startswith("cuda"):
-        import torch
-
-        return torch.cuda.get_device_name(int(device.split(":")[1]) if ":" in device else 0)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def detail(metrics, state) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_quant import baselines, gates
+from pytest_quant import baselines, gates, hardware
 from pytest_quant.baselines import METRIC, Comparison, compare, dumps, loads
 
 REFERENCE = ("--quant-recipes", "reference")
@@ -212,7 +212,7 @@ def test_bad_ini_tolerance_is_a_usage_error(pytester: pytest.Pytester, line: str
      ("Tesla T4", "tesla-t4"), ("  AMD Instinct MI300X (gfx942) ", "amd-instinct-mi300x-gfx942")],
 )
 def test_hardware_names_are_normalised(name: str, key: str) -> None:
-    assert baselines.normalise_hardware_name(name) == key
+    assert hardware.normalise_hardware_name(name) == key
 
 
 def test_hardware_key_is_the_named_gpu_or_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,8 +220,10 @@ def test_hardware_key_is_the_named_gpu_or_cpu(monkeypatch: pytest.MonkeyPatch) -
 
     asked = []
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: asked.append(index) or "NVIDIA H100 80GB HBM3")
-    assert baselines.hardware_key("cuda:1") == "nvidia-h100-80gb-hbm3" and asked == [1]
-    assert baselines.hardware_key("cpu") == "cpu"
+    hardware.hardware_name.cache_clear()
+    assert hardware.hardware_key("cuda:1") == "nvidia-h100-80gb-hbm3" and asked == [1]
+    assert hardware.hardware_key("cpu") == "cpu"
+    hardware.hardware_name.cache_clear()
 
 
 # -- atomic writes ------------------------------------------------------------------------------

@@ -147,7 +147,7 @@ def test_tps_ratio_fail(quant_model): pass
     out = result.stdout.str()
     result.stdout.fnmatch_lines(
         [
-            f"*VRAM budget * exceeded: footprint * [[]tiny, bnb-nf4, cpu[]]*",
+            "*VRAM budget * exceeded: footprint * [[]tiny, bnb-nf4, cpu[]]*",
             "*perplexity * over reference *, above max * [[]tiny, bnb-nf4, cpu[]]*",
             "*mean KL * nats exceeds max_mean * nats*",
             "*top-1 agreement *% below min_top1 *%*",

@@ -6,7 +6,6 @@ from . import Loaded, LoadRequest, default_dtype, load_tokenizer, quantized_line
 
 
 def load(request: LoadRequest) -> Loaded:
-    import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     dtype = default_dtype(request.model_path, request.device)

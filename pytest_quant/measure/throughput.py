@@ -29,8 +29,6 @@ def _sync(device) -> None:
 
 def _one_run(model, prompt, decode_tokens: int) -> tuple[float, float]:
     """Seconds for the prefill of ``prompt`` and for ``decode_tokens`` greedy steps with the KV cache."""
-    import torch
-
     device = prompt.device
     _sync(device)
     t0 = time.perf_counter()
