@@ -7,6 +7,8 @@ Copy this folder into a model repository as a template, or run it on any model:
 
 Limits against the unquantized reference are absolute properties of a recipe and hold for any model;
 limits against the stored baselines (``vs="baseline"``) catch regressions of this model on this hardware.
+Decode speed is gated against the baseline on GPU only: on shared CPU runners the same recipe measured
+anywhere from 3.7 to 290 tokens/s between sessions (neighbours' load), so there it is reported, not gated.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ QUALITY = {
 FOOTPRINT_RATIO = {"4bit": 0.45, "8bit": 0.55}
 
 
+def on_gpu(config: pytest.Config) -> bool:
+    return bool(config.getoption("quant_gpu") or config.getini("quant_gpu"))
+
+
 def bits(recipe: str) -> str:
     return "8bit" if recipe in ("bnb-int8", "gptq-w8g128") else "4bit"
 
@@ -38,7 +44,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         callspec = getattr(item, "callspec", None)
         pair = callspec.params.get("quant_pair") if callspec else None
-        if pair is None or pair.recipe.is_reference:
+        if pair is None:
+            continue
+        if item.originalname == "test_speed" and on_gpu(config):
+            item.add_marker(pytest.mark.tokens_per_second(vs="baseline"))
+        if pair.recipe.is_reference:
             continue
         name = pair.recipe.name
         test = item.originalname
@@ -46,5 +56,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             max_rel, max_kl, min_top1 = QUALITY.get(name, (0.05, 0.05, 85.0))
             item.add_marker(pytest.mark.perplexity_delta(max_rel=max_rel))
             item.add_marker(pytest.mark.kl_divergence(max_mean=max_kl, min_top1=min_top1))
-        elif test == "test_memory" and not (config.getoption("quant_gpu") or config.getini("quant_gpu")):
+        elif test == "test_memory" and not on_gpu(config):
             item.add_marker(pytest.mark.vram_budget(ratio=FOOTPRINT_RATIO[bits(name)]))

@@ -19,7 +19,6 @@ def test_memory(quant_model):
     assert quant_model.vram.peak_bytes > 0
 
 
-@pytest.mark.tokens_per_second(vs="baseline")
 def test_speed(quant_model):
-    """Median decode tokens/s after warm-up."""
+    """Median decode tokens/s after warm-up: gated against the baseline on GPU (see conftest.py), reported on CPU."""
     assert quant_model.throughput.decode_tokens_per_s > 0
