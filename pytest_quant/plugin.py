@@ -16,7 +16,6 @@ from .session import Pair, QuantModel, QuantSession
 
 SESSION_KEY = pytest.StashKey["QuantSession"]()
 LIMITS_KEY = pytest.StashKey["list[gates.Limits]"]()
-QUANT_MARKERS = tuple(gates.MARKERS)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
