@@ -72,6 +72,7 @@ class QuantModel:
         self.model_name = pair.model.name
         self.state = session.states[pair.id]
         self._tracker = tracker
+        self.allocated_before_bytes = tracker.allocated_before_bytes  # what close() expects to be left
 
     def __repr__(self) -> str:
         return f"<QuantModel {self.pair.id} on {self.device}>"
@@ -174,10 +175,13 @@ class QuantSession:
         cache = f", cache {loaded.cache}" if loaded.cache else ""
         self.progress(f"{pair.id} loaded in {state.load_seconds:.1f} s ({loaded.kernel}{quantized}{cache})")
         qm = QuantModel(self, pair, loaded, tracker)
-        qm.allocated_before_bytes = tracker.allocated_before_bytes
         self.live = qm
         if pair.recipe.is_reference:
-            self.measure(qm, REFERENCE_ALWAYS | self.reference_needs, frozenset())
+            try:
+                self.measure(qm, REFERENCE_ALWAYS | self.reference_needs, frozenset())
+            except BaseException:
+                self.close(qm)  # a failed measurement must not keep the model on the device
+                raise
         return qm
 
     def close(self, qm: QuantModel) -> None:
@@ -211,11 +215,7 @@ class QuantSession:
         if self.live is not None and self.live.pair == ref:
             self.measure(self.live, needed, frozenset())
             return
-        qm = self.open(ref)
-        try:
-            self.measure(qm, needed, frozenset())
-        finally:
-            self.close(qm)
+        self.close(self.open(ref))  # opening a reference measures what it must
 
     # -- measuring -----------------------------------------------------------------------------
     def eval_windows(self, qm: QuantModel):

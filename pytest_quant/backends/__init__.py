@@ -105,15 +105,16 @@ def load_tokenizer(model_path: Path):
 
 
 def quantized_linear_classes(model) -> str:
-    """The distinct class names of the model's quantized linear layers (what kernel ran)."""
+    """The distinct class names of the model's quantized linear layers (what kernel ran): every module
+    whose class is named like a linear layer but is not torch's own. No ``weight`` is required: GPTQModel's
+    AWQ layers keep only ``qweight``."""
     import torch
 
     names = sorted(
         {
             type(m).__name__
             for m in model.modules()
-            if not isinstance(m, torch.nn.Embedding) and hasattr(m, "weight") and type(m).__name__ != "Linear"
-            and "linear" in type(m).__name__.lower()
+            if type(m) is not torch.nn.Linear and "linear" in type(m).__name__.lower()
         }
     )
     return ",".join(names) or "Linear"

@@ -377,7 +377,7 @@ def load(request: LoadRequest) -> Loaded:
         model,
         tokenizer,
         str(model.dtype).removeprefix("torch."),
-        kernel=kernel_classes(model),
+        kernel=quantized_linear_classes(model),
         quantize_seconds=seconds,
         cache=cache,
         notes=notes,
@@ -423,7 +423,7 @@ def load_prequantized(request: LoadRequest) -> Loaded:
         model,
         load_tokenizer(request.model_path),
         str(model.dtype).removeprefix("torch."),
-        kernel=kernel_classes(model),
+        kernel=quantized_linear_classes(model),
         notes=notes,
     )
 
@@ -501,19 +501,6 @@ def _compare(before, after, tokenizer_path: Path, atol: float, input_ids, tokens
         top1_agreement=float((a.argmax(-1) == b.argmax(-1)).float().mean()),
         tokens=int(input_ids.numel()),
         atol=atol,
-        kernel_before=kernel_classes(before),
-        kernel_after=kernel_classes(after),
+        kernel_before=quantized_linear_classes(before),
+        kernel_after=quantized_linear_classes(after),
     )
-
-
-def kernel_classes(model) -> str:
-    """The distinct classes of GPTQModel's quantized layers in ``model`` (others: the registry's helper).
-
-    GPTQModel's AWQ layers keep no ``weight`` attribute, which the registry's generic helper looks for.
-    """
-    try:
-        from gptqmodel.nn_modules.qlinear import BaseQuantLinear
-    except ImportError:
-        BaseQuantLinear = ()
-    names = sorted({type(m).__name__ for m in model.modules() if BaseQuantLinear and isinstance(m, BaseQuantLinear)})
-    return ",".join(names) if names else quantized_linear_classes(model)
