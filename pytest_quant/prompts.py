@@ -1,0 +1,125 @@
+"""Prompts for generation agreement: openings of the embedded held-out text, or a ``--quant-prompts`` file.
+
+A file is read and checked without a tokenizer (``read_prompts``), so that a bad file is a usage error at
+start-up, before any model loads; ``render`` turns a prompt into token ids once the tokenizer is known.
+
+Accepted files: ``*.jsonl``, one JSON object a line with ``"prompt": "<text>"`` or ``"messages": [{"role":
+..., "content": ...}, ...]`` (rendered with the tokenizer's chat template); anything else is plain text, one
+prompt a line. Blank lines are ignored in both.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PROMPTS = 8
+OPENING_WORDS = 12  # a default prompt is the first this many words of a paragraph
+MIN_PARAGRAPH_WORDS = 30  # headings, dates and short lines of dialogue do not make openings
+
+JSONL_HELP = (
+    'each line of a .jsonl prompts file must be a JSON object with "prompt" (a non-empty string) or '
+    '"messages" (a non-empty list of {"role": "...", "content": "..."} objects)'
+)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A plain-text prompt (``text``) or a chat (``messages``: (role, content) pairs); ``source`` is file:line."""
+
+    text: str | None = None
+    messages: tuple[tuple[str, str], ...] | None = None
+    source: str = ""
+
+    @property
+    def display(self) -> str:
+        """What a report shows for the prompt: its text, or the chat's last message."""
+        return self.text if self.text is not None else self.messages[-1][1]
+
+
+def default_prompts(n: int = DEFAULT_PROMPTS, path: Path | None = None) -> tuple[Prompt, ...]:
+    """The first ``OPENING_WORDS`` words of ``n`` paragraphs spread evenly over the held-out text.
+
+    Only paragraphs of at least ``MIN_PARAGRAPH_WORDS`` words qualify; the same text always gives the same
+    prompts.
+    """
+    if path is None:
+        from .models import embedded_eval_text
+
+        path = embedded_eval_text()
+    paragraphs = [p.split() for p in Path(path).read_text(encoding="utf-8").split("\n\n")]
+    eligible = [words for words in paragraphs if len(words) >= MIN_PARAGRAPH_WORDS]
+    if n < 1 or n > len(eligible):
+        raise ValueError(f"{path} has {len(eligible)} paragraphs to take prompts from; asked for {n}")
+    picked = [eligible[i * len(eligible) // n] for i in range(n)]
+    return tuple(Prompt(text=" ".join(words[:OPENING_WORDS]), source=f"{path}") for words in picked)
+
+
+def read_prompts(path) -> tuple[Prompt, ...]:
+    """Parse a prompts file; ValueError naming the file, the line and what is accepted."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ValueError(f"prompts file {path}: no such file") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"prompts file {path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise ValueError(f"prompts file {path}: cannot be read ({error.strerror})") from None
+    jsonl = path.suffix.lower() == ".jsonl"
+    prompts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        source = f"{path}:{number}"
+        prompts.append(_json_prompt(line, source) if jsonl else Prompt(text=line, source=source))
+    if not prompts:
+        kind = "a JSON object a line" if jsonl else "one prompt a line"
+        raise ValueError(f"prompts file {path}: no prompts (it should hold {kind}; blank lines are ignored)")
+    return tuple(prompts)
+
+
+def _json_prompt(line: str, source: str) -> Prompt:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"prompts file {source}: not valid JSON ({error.msg}); {JSONL_HELP}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"prompts file {source}: a JSON {type(record).__name__}, not an object; {JSONL_HELP}")
+    if ("prompt" in record) == ("messages" in record):
+        which = "both" if "prompt" in record else "neither"
+        raise ValueError(f'prompts file {source}: has {which} of "prompt" and "messages"; {JSONL_HELP}')
+    if "prompt" in record:
+        text = record["prompt"]
+        if not isinstance(text, str) or not text:
+            raise ValueError(f'prompts file {source}: "prompt" is {text!r}; {JSONL_HELP}')
+        return Prompt(text=text, source=source)
+    messages = record["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f'prompts file {source}: "messages" is {messages!r}; {JSONL_HELP}')
+    pairs = []
+    for index, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(role, str) or not role or not isinstance(content, str):
+            raise ValueError(f'prompts file {source}: "messages"[{index}] is {message!r}; {JSONL_HELP}')
+        pairs.append((role, content))
+    return Prompt(messages=tuple(pairs), source=source)
+
+
+def render(prompt: Prompt, tokenizer) -> list[int]:
+    """The prompt's token ids: plain text as the tokenizer encodes it (its own special tokens, such as BOS),
+    a chat through the tokenizer's chat template with the generation prompt added."""
+    if prompt.text is not None:
+        return list(tokenizer(prompt.text, verbose=False)["input_ids"])
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"prompts file {prompt.source}: chat \"messages\" need a tokenizer with a chat template, and "
+            f"{getattr(tokenizer, 'name_or_path', 'this tokenizer') or 'this tokenizer'} has none; "
+            'give the prompt as "prompt" text instead'
+        )
+    messages = [{"role": role, "content": content} for role, content in prompt.messages]
+    # the template writes its own special tokens (BOS included), so the text is encoded without adding more
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
