@@ -1,0 +1,135 @@
+"""One greedy decode step over transformers' StaticCache, captured as a CUDA graph (gpt-fast's approach).
+
+The prefill runs eagerly and fills the cache; the captured step reads the token and position buffers, runs
+the model on one token per sequence, and writes its argmax back into the token buffer and advances the
+position, all on the device: replaying the graph N times decodes N tokens with no host work between steps.
+The cache tracks its write position itself (``StaticLayer.cumulative_length``, a device tensor advanced in
+place), so resetting a run means zeroing those counters and prefilling again.
+
+``torch.compile(mode="reduce-overhead")`` inside ``generate()`` fails on transformers 5.x ("accessing tensor
+output of CUDAGraphs that has been overwritten") and ``generate(cache_implementation="static")`` runs at a
+fifth of this speed, hence a manual capture.
+"""
+
+from __future__ import annotations
+
+CAPTURE_WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuBLAS handles, lazy kernel set-up)
+
+
+class StaticDecoder:
+    """Greedy decoding of ``batch_size`` copies of a prompt over a ``StaticCache`` of ``max_cache_len``.
+
+    ``capture()`` records one step as a CUDA graph; without it ``step()`` runs the same code eagerly (on CPU,
+    or as the reference the graph's tokens are compared with). ``close()`` frees the graph, its memory pool
+    and the cache; use it as a context manager.
+    """
+
+    def __init__(self, model, batch_size: int, max_cache_len: int):
+        import torch
+        from transformers import StaticCache
+
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.batch_size = batch_size
+        self.max_cache_len = max_cache_len
+        self.cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
+        self.token_ids = torch.zeros((batch_size, 1), dtype=torch.long, device=self.device)
+        self.position_ids = torch.zeros((batch_size, 1), dtype=torch.long, device=self.device)
+        self.graph = None
+        self.prefilled = False
+
+    def __enter__(self) -> StaticDecoder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def prefill(self, prompt) -> None:
+        """Run ``prompt`` ([batch, tokens]) from position 0, put its greedy next token in the token buffer."""
+        import torch
+
+        if prompt.shape[1] >= self.max_cache_len:
+            raise ValueError(f"a prompt of {prompt.shape[1]} tokens leaves no room in a cache of {self.max_cache_len}")
+        for layer in self.cache.layers:
+            if getattr(layer, "is_initialized", False):
+                layer.cumulative_length.zero_()
+        positions = torch.arange(prompt.shape[1], device=self.device).expand(prompt.shape[0], -1)
+        out = self.model(input_ids=prompt, position_ids=positions, past_key_values=self.cache, use_cache=True)
+        self.token_ids.copy_(out.logits[:, -1:].argmax(-1))
+        self.position_ids.fill_(prompt.shape[1])
+        self.prefilled = True
+
+    def _step(self) -> None:
+        out = self.model(
+            input_ids=self.token_ids, position_ids=self.position_ids, past_key_values=self.cache, use_cache=True
+        )
+        self.token_ids.copy_(out.logits[:, -1:].argmax(-1))
+        self.position_ids.add_(1)
+
+    def capture(self) -> None:
+        """Capture one step as a CUDA graph. Needs a prefill first (it sizes the cache); clobbers the
+        decoding state, so prefill again before replaying. Raises whatever the capture raised."""
+        import torch
+
+        if self.device.type != "cuda":
+            raise RuntimeError(f"CUDA graphs need a CUDA device; the model is on {self.device}")
+        if not self.prefilled:
+            raise RuntimeError("prefill before capture: the static cache allocates itself on its first update")
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(CAPTURE_WARMUP_STEPS):
+                self._step()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._step()
+        except BaseException:
+            del graph
+            _recover(self.device)
+            raise
+        self.graph = graph
+
+    def step(self) -> None:
+        """Decode one token per sequence (the result lands in ``token_ids``)."""
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._step()
+
+    def close(self) -> None:
+        self.graph = None
+        if self.cache is not None:
+            for layer in self.cache.layers:
+                layer.keys = layer.values = None
+        self.cache = self.token_ids = self.position_ids = self.model = None
+
+
+def _recover(device) -> None:
+    """After a failed capture: wait for the device, drop the capture's pool (cached blocks)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    try:
+        torch.cuda.synchronize(device)
+    finally:
+        torch.cuda.empty_cache()
+
+
+def capture_failure_reason(error: BaseException) -> str:
+    """One line for a report: the first error of the chain (a failed capture's own end raises again, "operation
+    failed due to a previous error during capture", hiding the cause), then the last if it differs."""
+    chain = [error]
+    while chain[-1].__context__ is not None and len(chain) < 8:
+        chain.append(chain[-1].__context__)
+
+    def line(e: BaseException) -> str:
+        text = str(e).strip().splitlines()
+        return f"{type(e).__name__}: {text[0] if text else ''}"
+
+    first, last = line(chain[-1]), line(chain[0])
+    return (first if first == last else f"{first} (then {last})")[:300]
