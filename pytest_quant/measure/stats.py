@@ -2,8 +2,8 @@
 
 The formulas are those of ``kl_divergence()`` in llama.cpp's tools/perplexity/perplexity.cpp: a mean's
 standard error is ``sqrt((E[x^2] - E[x]^2) / (n - 1))`` (the sample standard deviation over sqrt(n)), the
-paired log-likelihoods' covariance enters ln(PPL(Q)/PPL(base)), and errors are carried through exp() and
-sqrt() to first order. Two deliberate differences: llama.cpp reports a standard error of 0 below 11 tokens
+paired log-likelihoods' covariance enters ln(PPL(Q)/PPL(base)) and PPL(Q)-PPL(base), and errors are carried
+through exp() and sqrt() to first order. Two deliberate differences: llama.cpp reports a standard error of 0 below 11 tokens
 (and a covariance of 0 below 10), here it is computed from n >= 2 and is nan below; and percentiles are
 numpy's default linear interpolation in float64 (llama.cpp interpolates the same way, in float32).
 Pure functions: numpy is imported inside them and nothing here knows about pytest.
@@ -147,11 +147,12 @@ def quality_stats(logprob_target, reference_logprob_target, kl_nats, top1_match)
     # Cor = Cov / (SE_Q * SE_base)
     correlation = covariance / (nll_se * reference_nll_se) if nll_se and reference_nll_se else math.nan
     ln_ratio = nll - reference_nll
-    # SE(a - b) = sqrt(SE_a^2 + SE_b^2 - 2 Cov(a, b))
-    ln_ratio_se = _sqrt(nll_se**2 + reference_nll_se**2 - 2.0 * covariance)
+    # llama.cpp's sqrt(SE_Q^2 + SE_base^2 - 2 Cov) is exactly the SE of the paired differences, computed so
+    # without the cancellation that leaves ~1e-9 where the models agree
+    ln_ratio_se = mean_and_se(reference - logprob)[1]
     ratio = math.exp(ln_ratio)
-    # SE(PPL(Q) - PPL(base)) with Cov(PPL(Q), PPL(base)) = PPL(Q) PPL(base) Cov(ln PPL(Q), ln PPL(base))
-    difference_se = _sqrt(ppl_se**2 + reference_ppl_se**2 - 2.0 * ppl * reference_ppl * covariance)
+    # sqrt(PPL_se^2 + PPL_base_se^2 - 2 PPL PPL_base Cov) = SE of (PPL nll_Q - PPL_base nll_base), the same way
+    difference_se = mean_and_se(reference_ppl * reference - ppl * logprob)[1]
 
     mean_kl, mean_kl_se = mean_and_se(kl)
     delta_p = np.exp(logprob) - np.exp(reference)
@@ -261,8 +262,3 @@ def _array(values, name: str, dtype):
     if dtype is not bool and not np.all(np.isfinite(array)):
         raise ValueError(f"{name} holds non-finite values")
     return array
-
-
-def _sqrt(value: float) -> float:
-    """sqrt of a variance that rounding may have left a hair below zero."""
-    return math.nan if math.isnan(value) else math.sqrt(max(value, 0.0))
