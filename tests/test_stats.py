@@ -231,3 +231,15 @@ def test_tokens_to_decide_is_none_when_the_point_breaks_the_limit(point, limit, 
 
 def test_tokens_to_decide_without_spread():
     assert tokens_to_decide(0.01, 0.0, 1000, 0.02, 0.95) == 1000
+
+
+def test_importing_the_new_modules_imports_neither_torch_nor_numpy():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pytest_quant.measure.stats, pytest_quant.measure.generation, pytest_quant.prompts; "
+        "print(sorted(m for m in ('torch', 'numpy', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
