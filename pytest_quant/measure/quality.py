@@ -5,6 +5,8 @@ followed by ``make_disjoint_window`` and HFLM's ``(context + continuation)[-(max
 with ``stride == max_length`` the perplexity here is the one lm-eval reports for the same tokens. KL divergence
 and top-1 agreement are the statistics llama.cpp's ``perplexity --kl-divergence`` reports: KL(P_reference ||
 P_model) per scored token (mean and 99th percentile), and the share of scored tokens whose argmax agrees.
+The reference is kept compactly (its top-k log-probabilities, ``measure.reference``); per-token arrays come
+back as ``TokenScores`` for finer statistics (``measure.stats``).
 """
 
 from __future__ import annotations
@@ -108,6 +110,8 @@ class QualityMeasurement:
     p99_kl_nats: float | None
     top1_agreement_percent: float | None
     seconds: float
+    eval_batch_windows: int = 8  # windows per forward pass
+    reference_top_k: int | None = None  # k of the kept reference the KL came from; None: exact (or no reference)
 
     @property
     def tokens_per_s(self) -> float:
@@ -191,37 +195,51 @@ def _percentile(values, q: float) -> float:
     return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
 
 
+@dataclass(frozen=True, eq=False)
+class TokenScores:
+    """Per scored token, in scoring order: CPU tensors (float64, bool) for statistics such as llama.cpp's
+    (``measure.stats.quality_stats``). The reference's arrays are None when no reference was given."""
+
+    logprob_target: Any  # float64 [tokens]: log p(target) under the evaluated model
+    reference_logprob_target: Any  # float64 [tokens]: log p(target) under the reference
+    kl_nats: Any  # float64 [tokens]: KL(P_reference || P_model), from the reference's kept (top-k) form
+    top1_match: Any  # bool [tokens]: the model's argmax equals the reference's
+
+
 def evaluate(
     model,
     windows: EvalWindows,
     batch_windows: int = 8,
-    reference_logprobs: Any = None,
-    keep_logprobs: bool = False,
+    reference=None,
+    keep_reference_top_k=None,
 ):
-    """Score every window; return ``(QualityMeasurement, logprobs or None)``.
+    """Score every window; return ``(QualityMeasurement, CompactReference or None, TokenScores)``.
 
-    One forward pass per batch of windows serves perplexity and, when ``reference_logprobs`` (a float32
-    ``[tokens_scored, vocab]`` tensor from an earlier ``keep_logprobs=True`` call) is given, KL divergence and
-    top-1 agreement against it. Only the scored positions' logits are requested where the model supports
-    ``logits_to_keep``; the float32 log-softmax is taken one window at a time, so the device holds one batch's
-    logits plus one window's float32 copy. With ``keep_logprobs=True`` the scored positions' float32
-    log-probabilities come back as a CPU tensor ``[tokens_scored, vocab]``.
+    One forward pass per batch of windows serves perplexity and, when ``reference`` (a ``CompactReference``
+    made by an earlier call on the same ``EvalWindows`` with ``keep_reference_top_k``) is given, KL divergence
+    and top-1 agreement against it. ``keep_reference_top_k`` (an int k, or ``"exact"``) makes this model a
+    reference: its top-k log-probabilities come back as a ``CompactReference`` (see ``measure.reference``).
+    Only the scored positions' logits are requested where the model supports ``logits_to_keep``; the float32
+    log-softmax is taken one window at a time, so the device holds one batch's logits plus one window's
+    float32 copy.
     """
     import torch
 
+    from .reference import ReferenceBuilder, kl_nats, parse_top_k
+
     if batch_windows < 1:
         raise ValueError(f"batch_windows must be >= 1, got {batch_windows}")
-    if reference_logprobs is not None and reference_logprobs.shape[0] != windows.tokens_scored:
+    if reference is not None and reference.tokens_scored != windows.tokens_scored:
         raise ValueError(
-            f"reference_logprobs has {reference_logprobs.shape[0]} rows but the windows score "
-            f"{windows.tokens_scored} tokens; compute the reference on the same EvalWindows"
+            f"the reference has {reference.tokens_scored} scored tokens but the windows score "
+            f"{windows.tokens_scored}; compute the reference on the same EvalWindows"
         )
+    keep_top_k = None if keep_reference_top_k is None else parse_top_k(keep_reference_top_k)
     device = _model_device(model)
     trim_logits = _accepts_logits_to_keep(model)
-    kept = None
+    builder = None
     nll_sum = torch.zeros((), dtype=torch.float64, device=device)
-    top1_agree = torch.zeros((), dtype=torch.int64, device=device)
-    kl_parts = []
+    target_parts, kl_parts, match_parts = [], [], []
     offset = 0
 
     if device.type == "cuda":
@@ -239,29 +257,32 @@ def evaluate(
                 n = window.n_scored
                 logprobs = logits[row, -n:].float().log_softmax(dim=-1)
                 targets = torch.tensor(window.target_ids, dtype=torch.long).to(device, non_blocking=True)
-                nll_sum -= logprobs.gather(1, targets[:, None]).sum(dtype=torch.float64)
-                if reference_logprobs is not None:
-                    reference = reference_logprobs[offset : offset + n].to(device, dtype=torch.float32)
-                    p_reference = reference.exp()
-                    # 0 * log(0) terms are 0, not nan
-                    terms = torch.where(p_reference > 0, p_reference * (reference - logprobs), 0.0)
-                    kl_parts.append(terms.sum(dim=-1, dtype=torch.float64))
-                    top1_agree += (reference.argmax(dim=-1) == logprobs.argmax(dim=-1)).sum()
-                    del reference, p_reference, terms
-                if keep_logprobs:
-                    if kept is None:
-                        kept = torch.empty((windows.tokens_scored, logprobs.shape[-1]), dtype=torch.float32)
-                    kept[offset : offset + n].copy_(logprobs)
+                target_logprobs = logprobs.gather(1, targets[:, None])
+                nll_sum -= target_logprobs.sum(dtype=torch.float64)
+                target_parts.append(target_logprobs[:, 0])
+                argmax = logprobs.argmax(dim=-1)
+                if reference is not None:
+                    kl_parts.append(kl_nats(reference, offset, logprobs))
+                    match_parts.append(reference.argmax[offset : offset + n].to(device) == argmax)
+                if keep_reference_top_k is not None:
+                    if builder is None:
+                        builder = ReferenceBuilder(windows.tokens_scored, logprobs.shape[-1], keep_top_k)
+                    builder.add(offset, logprobs, target_logprobs[:, 0], argmax)
                 offset += n
                 del logprobs
             del logits
         nll = nll_sum.item() / windows.tokens_scored
+        scores = TokenScores(
+            logprob_target=torch.cat(target_parts).double().cpu(),
+            reference_logprob_target=None if reference is None else reference.logprob_target.double(),
+            kl_nats=None if reference is None else torch.cat(kl_parts).cpu(),
+            top1_match=None if reference is None else torch.cat(match_parts).cpu(),
+        )
         mean_kl = p99_kl = top1 = None
-        if reference_logprobs is not None:
-            kl = torch.cat(kl_parts).cpu()
-            mean_kl = float(kl.mean())
-            p99_kl = _percentile(kl, 99.0)
-            top1 = 100.0 * top1_agree.item() / windows.tokens_scored
+        if reference is not None:
+            mean_kl = float(scores.kl_nats.mean())
+            p99_kl = _percentile(scores.kl_nats, 99.0)
+            top1 = 100.0 * int(scores.top1_match.sum()) / windows.tokens_scored
     seconds = time.perf_counter() - start
     measurement = QualityMeasurement(
         perplexity=math.exp(nll),
@@ -274,5 +295,7 @@ def evaluate(
         p99_kl_nats=p99_kl,
         top1_agreement_percent=top1,
         seconds=seconds,
+        eval_batch_windows=batch_windows,
+        reference_top_k=None if reference is None else reference.top_k,
     )
-    return measurement, kept
+    return measurement, None if builder is None else builder.finish(), scores
