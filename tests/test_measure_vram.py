@@ -1,0 +1,53 @@
+"""VRAM figures: the footprint on CPU; on GPU resident, load peak and phase peaks from the allocator."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_quant.measure.vram import GENERATE, VramTracker, allocated_bytes, nvml_process_bytes, release
+
+torch = pytest.importorskip("torch")
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def load_tiny(device: str):
+    from transformers import AutoModelForCausalLM
+
+    from pytest_quant.models import TINY_DIR
+
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    return AutoModelForCausalLM.from_pretrained(TINY_DIR, dtype=dtype, device_map=device).eval()
+
+
+def test_cpu_resident_is_the_footprint_and_gpu_figures_are_none() -> None:
+    tracker = VramTracker("cpu")
+    model = load_tiny("cpu")
+    tracker.loaded()
+    with tracker.phase(GENERATE):
+        pass
+    vram = tracker.read(model)
+    assert vram.resident_bytes == vram.footprint_bytes == model.get_memory_footprint() > 0
+    assert vram.load_peak_bytes is vram.generate_peak_bytes is vram.eval_peak_bytes is vram.nvml_process_bytes is None
+    assert vram.phase_peak_bytes == {} and vram.source == "model footprint"
+
+
+def test_cpu_helpers_are_zero_or_none() -> None:
+    assert allocated_bytes("cpu") == 0 and release("cpu") == 0 and nvml_process_bytes("cpu") is None
+
+
+@gpu
+def test_gpu_resident_load_and_phase_peaks() -> None:
+    before = release("cuda")
+    tracker = VramTracker("cuda")
+    model = load_tiny("cuda")
+    tracker.loaded()
+    with tracker.phase(GENERATE):
+        workspace = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")
+        del workspace
+    vram = tracker.read(model)
+    assert vram.resident_bytes >= model.get_memory_footprint() * 0.95
+    assert vram.load_peak_bytes >= vram.resident_bytes
+    assert vram.generate_peak_bytes >= vram.resident_bytes + 64 * 2**20
+    assert vram.eval_peak_bytes is None and vram.source == "torch allocator after load"
+    del model
+    assert release("cuda") - before <= 2**20
