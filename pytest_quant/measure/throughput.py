@@ -104,6 +104,14 @@ def _model_device(model):
     return next(model.parameters()).device
 
 
+def cache_length(prompt_tokens: int, decode_tokens: int) -> int:
+    """Static cache slots: the prompt, the timed steps, and the capture's warm-up steps (which write past the
+    prompt before any timed run starts again from it)."""
+    from .decode_graph import CAPTURE_WARMUP_STEPS
+
+    return prompt_tokens + max(decode_tokens, CAPTURE_WARMUP_STEPS) + 1
+
+
 def _open_decoder(model, prompt, decode_tokens: int, mode: str):
     """A captured ``StaticDecoder`` for ``mode`` "cuda-graph"/"auto" on a GPU, and why not (None, reason)."""
     from .decode_graph import StaticDecoder, capture_failure_reason
@@ -113,7 +121,7 @@ def _open_decoder(model, prompt, decode_tokens: int, mode: str):
         if mode == CUDA_GRAPH:
             raise ValueError(f"mode='cuda-graph' needs a CUDA device; the model is on {device}. Use mode='auto' or 'eager'")
         return None, None
-    decoder = StaticDecoder(model, prompt.shape[0], prompt.shape[1] + decode_tokens)
+    decoder = StaticDecoder(model, prompt.shape[0], cache_length(prompt.shape[1], decode_tokens))
     try:
         decoder.prefill(prompt)
         decoder.capture()
@@ -199,7 +207,7 @@ def greedy_tokens(model, prompt_ids: list[int], decode_tokens: int, path: str, b
         if path == EAGER:
             _eager_run(model, prompt, decode_tokens, tokens)
         else:
-            with StaticDecoder(model, batch_size, prompt.shape[1] + decode_tokens) as decoder:
+            with StaticDecoder(model, batch_size, cache_length(prompt.shape[1], decode_tokens)) as decoder:
                 if path == CUDA_GRAPH:
                     decoder.prefill(prompt)
                     decoder.capture()
