@@ -10,7 +10,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .options import format_bytes, parse_bytes
+import pytest
+
+from .metrics import Measurements
+from .units import format_bytes, parse_bytes
 
 
 class MarkerError(ValueError):
@@ -26,24 +29,6 @@ class Violation:
     unit: str
 
 
-@dataclass(frozen=True)
-class Metrics:
-    """What is known of one model x recipe (and of its model's unquantized reference)."""
-
-    model: str
-    recipe: str
-    device: str
-    vram: Any = None  # measure.vram.VramMeasurement
-    throughput: Any = None  # measure.throughput.ThroughputMeasurement
-    quality: Any = None  # measure.quality.QualityMeasurement
-    reference: "Metrics | None" = None
-    is_reference: bool = False  # the unquantized model itself: limits relative to it do not apply
-
-    @property
-    def where(self) -> str:
-        return f"[{self.model}, {self.recipe}, {self.device}]"
-
-
 NEEDS = ("quality", "vram", "throughput")
 
 
@@ -56,6 +41,8 @@ class Limits:
     # baselines (pytest_quant.baselines): vs="baseline" compares with the stored baseline
     vs: str | None = None
     tolerance: dict[str, float] | None = None  # metric -> tolerance given on the marker
+    notes: tuple[str, ...] = ()  # warnings about arguments that are valid but probably not meant
+    options: dict[str, Any] = field(default_factory=dict)  # non-numeric settings, e.g. vram_budget(phase=...)
 
 
 @dataclass(frozen=True)
@@ -63,7 +50,7 @@ class MarkerSpec:
     name: str
     keywords: tuple[str, ...]
     needs: frozenset[str]
-    check: Callable[[Metrics, Limits], list[Violation]]
+    check: Callable[[Measurements, Limits], list[Violation]]
     positional: str | None = None  # keyword the single positional argument stands for
     help: str = ""
     ratio_keywords: frozenset[str] = frozenset()  # keywords measured against the reference
@@ -93,18 +80,37 @@ def parse(spec: MarkerSpec, args: tuple, kwargs: dict[str, Any]) -> Limits:
         given[spec.positional] = args[0]
     # baselines: vs="baseline" and its tolerance= (validated by pytest_quant.baselines)
     vs, tolerance = given.pop("vs", None), given.pop("tolerance", None)
+    options: dict[str, Any] = {}
+    needs = spec.needs
+    if name == "vram_budget" and "phase" in given:
+        phase = given.pop("phase")
+        if phase not in PHASES:
+            raise MarkerError(f"@pytest.mark.vram_budget(phase={phase!r}): accepted: {', '.join(map(repr, PHASES))}")
+        options["phase"] = phase
+        if phase == "generate":
+            needs = needs | {"throughput"}  # the peak over the timed decode
+    if name == "tokens_per_second" and "batch" in given:
+        batch = given.pop("batch")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise MarkerError(f"@pytest.mark.tokens_per_second(batch={batch!r}): expected a whole number >= 1")
+        options["batch"] = batch
+        needs = frozenset({f"throughput:{batch}"})
     if vs is not None and vs != "baseline":
         raise MarkerError(f"@pytest.mark.{name}(vs={vs!r}): the only comparison is vs='baseline'")
     if tolerance is not None:
         if vs is None:
             raise MarkerError(f"@pytest.mark.{name}(tolerance={tolerance!r}): a tolerance needs vs='baseline'")
-        from .baselines import parse_tolerance
+        from .baselines.rules import parse_tolerance
 
-        tolerance = parse_tolerance(name, tolerance)
+        try:
+            tolerance = parse_tolerance(name, tolerance)
+        except ValueError as exc:
+            raise MarkerError(str(exc)) from None
     unknown = sorted(set(given) - set(spec.keywords))
     if unknown:
         raise MarkerError(
-            f"@pytest.mark.{name}: unknown keyword(s) {', '.join(unknown)}; accepted: {', '.join(spec.keywords)}, vs, tolerance"
+            f"@pytest.mark.{name}: unknown keyword(s) {', '.join(unknown)}; accepted: {', '.join(spec.keywords)}, "
+            + {"vram_budget": "phase, ", "tokens_per_second": "batch, "}.get(name, "") + "vs, tolerance"
         )
     if not given and vs is None:
         raise MarkerError(f"@pytest.mark.{name} needs at least one limit: {', '.join(spec.keywords)} or vs='baseline'")
@@ -114,30 +120,50 @@ def parse(spec: MarkerSpec, args: tuple, kwargs: dict[str, Any]) -> Limits:
             try:
                 values[key] = float(parse_bytes(value))
             except ValueError as exc:
-                raise MarkerError(f"@pytest.mark.vram_budget({value!r}): {exc}") from None
+                hint = (f"; for a fraction of the reference's memory write vram_budget(ratio={value!r})"
+                        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1 else "")
+                raise MarkerError(f"@pytest.mark.vram_budget({value!r}): {exc}{hint}") from None
         else:
             # upper limits may be 0 (no worse at all); floors and ratios must be positive
             values[key] = _number(name, key, value, allow_zero=key.startswith("max"),
                                   maximum=100.0 if key == "min_top1" else None)
-    reference_needs = frozenset(spec.needs) if set(given) & spec.ratio_keywords else frozenset()
-    return Limits(name, values, spec.needs, reference_needs, vs=vs, tolerance=tolerance)
+    reference_needs = frozenset(needs) if set(given) & spec.ratio_keywords else frozenset()
+    notes = ()
+    if name == "kl_divergence" and 0 < values.get("min_top1", 100.0) <= 1:
+        notes = (f"@pytest.mark.kl_divergence(min_top1={given['min_top1']!r}): top-1 agreement is in percent "
+                 f"(0-100); did you mean min_top1={100 * given['min_top1']:g}?",)
+    return Limits(name, values, frozenset(needs), reference_needs, vs=vs, tolerance=tolerance, notes=notes,
+                  options=options)
 
 
 def _pct(measured: float, limit: float) -> str:
     return f"{100.0 * (measured - limit) / limit:+.1f}%" if limit else ""
 
 
-def check_vram(m: Metrics, limits: Limits) -> list[Violation]:
+PHASES = ("resident", "generate")
+
+
+def _vram_figure(m: Measurements, phase: str) -> tuple[float | None, str]:
+    """The figure a VRAM budget reads, and what to call it: resident (or the CPU footprint) by default;
+    the allocator peak over the timed decode with phase="generate" (the footprint on CPU)."""
+    if m.vram is None:
+        return None, "VRAM"
+    if phase == "generate" and m.vram.generate_peak_bytes is not None:
+        return m.vram.generate_peak_bytes, "peak while generating"
+    return m.vram.resident_bytes, "resident" if m.vram.load_peak_bytes is not None else "footprint"
+
+
+def check_vram(m: Measurements, limits: Limits) -> list[Violation]:
     out = []
-    peak = m.vram.peak_bytes
-    what = "peak" if m.vram.allocator_peak_bytes is not None else "footprint"
+    phase = limits.options.get("phase", "resident")
+    peak, what = _vram_figure(m, phase)
     budget = limits.values.get("budget")
     if budget is not None and peak > budget:
         out.append(Violation("vram_budget", f"VRAM budget {format_bytes(budget)} exceeded: {what} {format_bytes(peak)} "
                              f"({_pct(peak, budget)}) {m.where}", peak, budget, "bytes"))
     ratio = limits.values.get("ratio")
     if ratio is not None:
-        ref = m.reference.vram.peak_bytes
+        ref, _ = _vram_figure(m.reference, phase)
         measured = peak / ref
         if measured > ratio:
             out.append(Violation("vram_budget", f"VRAM ratio {measured:.3f} of reference exceeds {ratio:.3f}: {what} "
@@ -145,24 +171,27 @@ def check_vram(m: Metrics, limits: Limits) -> list[Violation]:
     return out
 
 
-def check_tokens_per_second(m: Metrics, limits: Limits) -> list[Violation]:
+def check_tokens_per_second(m: Measurements, limits: Limits) -> list[Violation]:
     out = []
-    tps = m.throughput.decode_tokens_per_s
+    batch = limits.options.get("batch")
+    t = m.throughput_at(batch)
+    tps = t.decode_tokens_per_s
+    at = f" at batch {t.batch_size}" if t.batch_size != 1 else ""
     floor = limits.values.get("min")
     if floor is not None and tps < floor:
-        out.append(Violation("tokens_per_second", f"decode {tps:.1f} tok/s below floor {floor:g} tok/s "
-                             f"({_pct(tps, floor)}) {m.where}", tps, floor, "tokens/s"))
+        out.append(Violation("tokens_per_second", f"decode {tps:.1f} tok/s{at} below floor {floor:g} tok/s "
+                             f"({_pct(tps, floor)}, {t.decode_mode}) {m.where}", tps, floor, "tokens/s"))
     ratio = limits.values.get("min_ratio")
     if ratio is not None:
-        ref = m.reference.throughput.decode_tokens_per_s
+        ref = m.reference.throughput_at(batch).decode_tokens_per_s
         measured = tps / ref
         if measured < ratio:
-            out.append(Violation("tokens_per_second", f"decode {tps:.1f} tok/s is {measured:.3f} x reference "
+            out.append(Violation("tokens_per_second", f"decode {tps:.1f} tok/s{at} is {measured:.3f} x reference "
                                  f"{ref:.1f} tok/s, below min_ratio {ratio:g} {m.where}", measured, ratio, "ratio"))
     return out
 
 
-def check_perplexity(m: Metrics, limits: Limits) -> list[Violation]:
+def check_perplexity(m: Measurements, limits: Limits) -> list[Violation]:
     out = []
     ppl, ref = m.quality.perplexity, m.reference.quality.perplexity
     delta = ppl - ref
@@ -177,7 +206,7 @@ def check_perplexity(m: Metrics, limits: Limits) -> list[Violation]:
     return out
 
 
-def check_kl(m: Metrics, limits: Limits) -> list[Violation]:
+def check_kl(m: Measurements, limits: Limits) -> list[Violation]:
     q = m.quality
     out = []
     for key, value, label in (("max_mean", q.mean_kl_nats, "mean KL"), ("max_p99", q.p99_kl_nats, "99th percentile KL")):
@@ -196,8 +225,9 @@ MARKERS: dict[str, MarkerSpec] = {
     spec.name: spec
     for spec in (
         MarkerSpec("vram_budget", ("budget", "ratio"), frozenset({"vram"}), check_vram, positional="budget",
-                   help='vram_budget("6 GiB") or vram_budget(ratio=0.5): peak GPU memory (CPU: model footprint) at most '
-                        "the budget, or at most ratio x the reference's; vs=\"baseline\" (tolerance=...) compares with the stored baseline", ratio_keywords=frozenset({"ratio"})),
+                   help='vram_budget("6 GiB") or vram_budget(ratio=0.5): GPU memory the loaded model holds (CPU: its '
+                        "footprint) at most the budget, or at most ratio x the reference's; phase=\"generate\": the peak "
+                        "over the timed decode instead; vs=\"baseline\" (tolerance=...) compares with the stored baseline", ratio_keywords=frozenset({"ratio"})),
         MarkerSpec("tokens_per_second", ("min", "min_ratio"), frozenset({"throughput"}), check_tokens_per_second,
                    help="tokens_per_second(min=..., min_ratio=...): decode tokens/s at least min, or at least "
                         "min_ratio x the reference measured in the same session; vs=\"baseline\" (tolerance=...) compares with the stored baseline", ratio_keywords=frozenset({"min_ratio"})),
@@ -211,12 +241,12 @@ MARKERS: dict[str, MarkerSpec] = {
 }
 
 
-def check(limits: Limits, metrics: Metrics) -> list[Violation]:
+def check(limits: Limits, metrics: Measurements) -> list[Violation]:
     spec = MARKERS[limits.marker]
     if metrics.is_reference:
         # The reference is the yardstick: a ratio or a delta against itself gates nothing.
         values = {k: v for k, v in limits.values.items() if k not in spec.ratio_keywords}
-        limits = Limits(limits.marker, values, limits.needs)
+        limits = Limits(limits.marker, values, limits.needs, options=limits.options)
     relative = sorted(set(limits.values) & spec.ratio_keywords)
     no_kl = limits.marker == "kl_divergence" and metrics.quality is not None and metrics.quality.mean_kl_nats is None
     if relative and not metrics.is_reference and (metrics.reference is None or no_kl):
@@ -224,3 +254,42 @@ def check(limits: Limits, metrics: Metrics) -> list[Violation]:
                           f"unquantized reference, and {metrics.model} is a pre-quantized checkpoint without one: gate it "
                           f"with absolute limits or vs='baseline' {metrics.where}", float("nan"), float("nan"), "")]
     return spec.check(metrics, limits) if limits.values else []
+
+
+@dataclass(frozen=True)
+class ItemGates:
+    """A test's markers, parsed once (at collection) into limits, or the error that names the bad value."""
+
+    limits: tuple[Limits, ...] = ()
+    error: str | None = None
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset().union(*(limit.needs for limit in self.limits))
+
+    @property
+    def reference_needs(self) -> frozenset[str]:
+        return frozenset().union(*(limit.reference_needs for limit in self.limits))
+
+    @property
+    def baseline(self) -> tuple[Limits, ...]:
+        return tuple(limit for limit in self.limits if limit.vs == "baseline")
+
+
+GATES_KEY = pytest.StashKey[ItemGates]()
+
+
+def gates_of(item: pytest.Item) -> ItemGates:
+    """The item's parsed markers: parsed on the first call, from the stash after."""
+    parsed = item.stash.get(GATES_KEY, None)
+    if parsed is None:
+        limits = []
+        try:
+            for mark in item.iter_markers():
+                if mark.name in MARKERS:
+                    limits.append(parse(MARKERS[mark.name], mark.args, mark.kwargs))
+            parsed = ItemGates(tuple(limits))
+        except MarkerError as exc:
+            parsed = ItemGates(error=str(exc))
+        item.stash[GATES_KEY] = parsed
+    return parsed

@@ -1,11 +1,33 @@
-"""What a device is called: the GPU's name or the CPU's model, and the key baselines are stored under."""
+"""Devices: kind and index, names, the key baselines are stored under, the environment a figure was
+measured in, NVML, library versions, and giving GPU memory back."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import platform
 import re
+from importlib import metadata
 from pathlib import Path
+from typing import Any, Iterator
+
+LIBRARIES = ("torch", "transformers", "accelerate", "bitsandbytes", "gptqmodel", "optimum")
+
+
+def device_kind(device: str) -> str:
+    """'cuda:1' -> 'cuda'; 'cpu' -> 'cpu'."""
+    return "cuda" if str(device).startswith("cuda") else "cpu"
+
+
+def is_cuda(device: str) -> bool:
+    return device_kind(device) == "cuda"
+
+
+def device_index(device: str) -> int:
+    """'cuda:1' -> 1; 'cuda' -> 0."""
+    text = str(device)
+    return int(text.split(":", 1)[1]) if ":" in text else 0
 
 
 def cpu_name() -> str:
@@ -21,11 +43,11 @@ def cpu_name() -> str:
 @functools.cache
 def hardware_name(device: str) -> str:
     """'NVIDIA H100 80GB HBM3', or the CPU's model name."""
-    if not device.startswith("cuda"):
+    if not is_cuda(device):
         return cpu_name()
     import torch
 
-    return torch.cuda.get_device_name(int(device.split(":")[1]) if ":" in device else 0)
+    return torch.cuda.get_device_name(device_index(device))
 
 
 def normalise_hardware_name(name: str) -> str:
@@ -35,4 +57,97 @@ def normalise_hardware_name(name: str) -> str:
 
 def hardware_key(device: str) -> str:
     """The GPU's normalised name, or 'cpu'. Versions go into the baseline file, never into the key."""
-    return "cpu" if not device.startswith("cuda") else normalise_hardware_name(hardware_name(device))
+    return normalise_hardware_name(hardware_name(device)) if is_cuda(device) else "cpu"
+
+
+@contextlib.contextmanager
+def nvml() -> Iterator[Any]:
+    """pynvml, initialised for the block and shut down after it; None without nvidia-ml-py or a driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        yield None
+        return
+    try:
+        yield pynvml
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def nvidia_driver() -> str | None:
+    with nvml() as pynvml:
+        if pynvml is not None:
+            try:
+                version = pynvml.nvmlSystemGetDriverVersion()
+                return version.decode() if isinstance(version, bytes) else str(version)
+            except Exception:
+                pass
+    try:
+        match = re.search(r"Kernel Module\s+(\S+)", Path("/proc/driver/nvidia/version").read_text())
+        return match.group(1) if match else None
+    except OSError:
+        return None
+
+
+def library_versions(names: tuple[str, ...] = LIBRARIES, missing: str | None = None) -> dict[str, str]:
+    """Installed versions of ``names``; a missing one is left out, or recorded as ``missing`` when given."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            if missing is not None:
+                versions[name] = missing
+    return versions
+
+
+def environment(device: str) -> dict[str, Any]:
+    """The hardware and versions a figure was measured with: recorded beside it, never compared."""
+    import torch
+
+    from . import __version__
+
+    hardware: dict[str, Any] = {"key": hardware_key(device)}
+    if is_cuda(device):
+        props = torch.cuda.get_device_properties(device_index(device))
+        hardware.update(name=props.name, compute_capability=f"{props.major}.{props.minor}",
+                        memory_bytes=int(props.total_memory), cuda=torch.version.cuda, driver=nvidia_driver())
+    else:
+        hardware.update(name=cpu_name(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
+    versions = {"python": platform.python_version(), "pytest-quant": __version__, **library_versions()}
+    return {"hardware": {k: v for k, v in hardware.items() if v is not None}, "versions": versions}
+
+
+def free_device_memory(device: str) -> int:
+    """Collect garbage and return cached blocks to the driver; the bytes the allocator still holds (0 on CPU)."""
+    import gc
+
+    gc.collect()
+    if not is_cuda(device):
+        return 0
+    import torch
+
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    return int(torch.cuda.memory_allocated(device))
+
+
+def cuda_problem(device: str) -> str | None:
+    """Why ``device`` cannot be used for --quant-gpu, or None when it can."""
+    import torch
+
+    if not torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return (f"--quant-gpu: no usable CUDA device: torch {torch.__version__} (built for CUDA {torch.version.cuda}) "
+                "reports torch.cuda.is_available() = False"
+                + (f", CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else ""))
+    count = torch.cuda.device_count()
+    if device_index(device) >= count:
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(count))
+        return f"--quant-device {device}: only {count} CUDA device(s) found ({names})"
+    return None

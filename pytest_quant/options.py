@@ -14,49 +14,8 @@ from typing import Any, Callable
 
 import pytest
 
+from .hardware import is_cuda
 from .models import EMBEDDED, ModelSource, embedded_eval_text, resolve_model
-
-_UNITS = {
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
-SIZE_HELP = "a number and a unit such as '6 GiB', '512 MiB' or '1.5 GB' (units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
-
-
-def parse_bytes(value: Any) -> int:
-    """'6 GiB' -> 6442450944. A bare integer is bytes."""
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a size; write {SIZE_HELP}")
-    if isinstance(value, (int, float)):
-        if value <= 0:
-            raise ValueError(f"size {value!r} must be positive")
-        return int(value)
-    match = _SIZE.match(str(value))
-    unit = match.group(2).lower() if match else None
-    if not match or (unit and unit not in _UNITS):
-        raise ValueError(f"{value!r} is not a size; write {SIZE_HELP}")
-    size = float(match.group(1)) * _UNITS[unit or "b"]
-    if size <= 0:
-        raise ValueError(f"size {value!r} must be positive")
-    return int(size)
-
-
-def format_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= factor:
-            return f"{n / factor:.2f} {unit}"
-    return f"{int(n)} B"
-
 
 def parse_device(value: str) -> str:
     value = value.strip().lower()
@@ -80,6 +39,26 @@ def parse_eval_tokens(value: str) -> int:
     if n < 2:
         raise argparse.ArgumentTypeError(f"--quant-eval-tokens {value!r}: expected a whole number >= 2")
     return n
+
+
+def parse_whole(flag: str, value: str, minimum: int) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{flag} {value!r}: expected a whole number >= {minimum}") from None
+    if n < minimum:
+        raise argparse.ArgumentTypeError(f"{flag} {value!r}: expected a whole number >= {minimum}")
+    return n
+
+
+DEFAULT_TOP_K = 128
+
+
+def parse_top_k_option(value: str) -> int | str:
+    text = str(value).strip().lower()
+    if text == "exact":
+        return "exact"
+    return parse_whole("--quant-reference-top-k", text, minimum=1)
 
 
 def parse_existing_file(flag: str) -> Callable[[str], Path]:
@@ -132,6 +111,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--quant-eval-text", "text file for perplexity and KL (default: the embedded held-out text)",
            parse_existing_file("--quant-eval-text")),
     Option("--quant-eval-tokens", "tokens of the eval text to score (default: 8192)", parse_eval_tokens),
+    Option("--quant-decode-batch", "sequences decoded together when timing decode speed (default: 1)",
+           lambda v: parse_whole("--quant-decode-batch", v, minimum=1)),
+    Option("--quant-reference-top-k", "log-probabilities kept per token of the reference for KL: a whole number k, "
+           f"or 'exact' for the whole vocabulary (default: {DEFAULT_TOP_K})", lambda v: parse_top_k_option(v)),
     Option("--quant-strict", "a recipe whose backend is missing fails instead of skipping (default: false)",
            ini_type="bool", action="store_true"),
     Option("--quant-baseline-dir", "folder of stored baselines (default: baselines)", Path),
@@ -186,6 +169,8 @@ class QuantOptions:
     baseline_dir: Path
     cache_dir: Path
     report: Path | None
+    reference_top_k: int | str = DEFAULT_TOP_K
+    decode_batch: int = 1
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> "QuantOptions":
@@ -193,7 +178,7 @@ class QuantOptions:
         device = value_or_ini(config, "--quant-device")
         if device is None:
             device = "cuda:0" if gpu else "cpu"
-        elif device.startswith("cuda") and not gpu:
+        elif is_cuda(device) and not gpu:
             raise pytest.UsageError(f"--quant-device {device}: a CUDA device needs --quant-gpu")
         elif device == "cpu" and gpu:
             raise pytest.UsageError("--quant-device cpu conflicts with --quant-gpu; drop one of them")
@@ -216,4 +201,6 @@ class QuantOptions:
             baseline_dir=value_or_ini(config, "--quant-baseline-dir") or Path(config.rootpath, "baselines"),
             cache_dir=cache_dir,
             report=value_or_ini(config, "--quant-report"),
+            reference_top_k=value_or_ini(config, "--quant-reference-top-k") or DEFAULT_TOP_K,
+            decode_batch=value_or_ini(config, "--quant-decode-batch") or 1,
         )

@@ -1,4 +1,4 @@
-"""pytest glue: options and ini twins, markers, the quant fixtures, gating and the summary.
+"""pytest glue: hooks and fixtures only.
 
 Loaded into every pytest run of a repository that installs pytest-quant, so it imports no heavy
 library: torch, transformers and the backends load only when a quant fixture is used.
@@ -6,47 +6,29 @@ library: torch, transformers and the backends load only when a quant fixture is 
 
 from __future__ import annotations
 
-import os
 import pytest
 
-from . import baselines, gates, report
+from . import gates, hookspecs
+from .backends import BUILTIN_BACKENDS, Registry
+from .baselines.plugin import BaselinePlugin, add_ini
 from .options import QuantOptions, add_options
-from .recipes import BUILTIN_RECIPES, RecipeError, load_user_recipes, select
-from .session import Pair, QuantModel, QuantSession
+from .recipes import RecipeError, available_recipes
+from .report.properties import detail, properties
+from .report.summary import SummaryPlugin
+from .session import NEEDS, Pair, QuantModel, QuantSession
 
-SESSION_KEY = pytest.StashKey["QuantSession"]()
-LIMITS_KEY = pytest.StashKey["list[gates.Limits]"]()
+SESSION_KEY = pytest.StashKey[QuantSession]()
+MEASURED_KEY = pytest.StashKey["object"]()  # the Measurements recorded after a test body
+GATE_STATUS = ("failed", "Q", ("QUANT GATE", {"red": True}))
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
-    baselines.add_ini(parser)
-
-
-def _check_cuda(device: str) -> None:
-    import torch
-
-    if not torch.cuda.is_available():
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        raise pytest.UsageError(
-            f"--quant-gpu: no usable CUDA device: torch {torch.__version__} (built for CUDA {torch.version.cuda}) "
-            f"reports torch.cuda.is_available() = False"
-            + (f", CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else "")
-        )
-    index = int(device.split(":")[1]) if ":" in device else 0
-    if index >= torch.cuda.device_count():
-        raise pytest.UsageError(
-            f"--quant-device {device}: only {torch.cuda.device_count()} CUDA device(s) found "
-            f"({', '.join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))})"
-        )
-
-
-def _available_recipes(config: pytest.Config) -> dict:
-    try:
-        user = load_user_recipes(config.rootpath / "pyproject.toml")
-    except RecipeError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    return {**BUILTIN_RECIPES, **user}
+    add_ini(parser)
 
 
 @pytest.hookimpl(trylast=True)
@@ -56,27 +38,44 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "quant_gpu: the test needs --quant-gpu (it skips without it)")
     options = QuantOptions.from_config(config)
     if options.gpu:
-        _check_cuda(options.device)
-    available = _available_recipes(config)
-    try:
-        if options.recipe_names is None:
-            from . import backends
+        from .hardware import cuda_problem
 
-            recipes = [
-                r for r in available.values()
-                if not backends.missing_requirements(r.backend) and backends.supports(r.backend, options.device)
-            ]
-        else:
-            recipes = select(options.recipe_names, available)
-    except RecipeError as exc:
+        problem = cuda_problem(options.device)
+        if problem:
+            raise pytest.UsageError(problem)
+    registry = Registry(BUILTIN_BACKENDS)
+    try:
+        for added in config.hook.pytest_quant_backends(config=config):
+            for backend in added or ():
+                registry.add(backend)
+        recipes, notes = available_recipes(config.rootpath / "pyproject.toml", registry, options)
+    except (RecipeError, TypeError, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
-    config.stash[SESSION_KEY] = QuantSession(options, recipes, config)
-    config.pluginmanager.register(SummaryCollector(config), "quant-summary")
-    # baselines: vs="baseline" markers compare with <baseline dir>/<model>/<hardware>/<test id>.json
+    for note in notes:
+        config.issue_config_time_warning(pytest.PytestConfigWarning(note), stacklevel=2)
+    config.stash[SESSION_KEY] = QuantSession(options, recipes, registry, progress=_progress(config))
+    config.pluginmanager.register(SummaryPlugin(config, options), "quant-summary")
+    # vs="baseline" markers compare with <baseline dir>/<model>/<hardware>/<test id>.json
     config.pluginmanager.register(
-        baselines.BaselinePlugin(config, options.baseline_dir, options.device, options.eval_text, [r.name for r in recipes]),
-        "quant-baselines",
-    )
+        BaselinePlugin(config, options.baseline_dir, options.device, options.eval_text, [r.name for r in recipes]),
+        "quant-baselines")
+
+
+def _progress(config: pytest.Config):
+    """A line in pytest's terminal for the long steps; quiet under -q and on xdist workers."""
+
+    def write(message: str) -> None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None or config.get_verbosity() < 0:
+            return
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if capture is None:
+            reporter.write_line(f"pytest-quant: {message}")
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"pytest-quant: {message}")
+
+    return write
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -86,18 +85,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("quant_pair", session.pairs, ids=[p.id for p in session.pairs], indirect=True, scope="session")
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Learn which reference metrics the collected markers need, so the reference is measured once."""
+    """Parse every test's markers once, and decide what each reference must have measured."""
     quant = config.stash[SESSION_KEY]
     needs: set[str] = set()
     for item in items:
-        for mark in item.iter_markers():
-            if mark.name in gates.MARKERS:
-                try:
-                    needs |= gates.parse(gates.MARKERS[mark.name], mark.args, mark.kwargs).reference_needs
-                except gates.MarkerError:
-                    pass  # reported when that test is set up
-    quant.reference_needs = frozenset(needs)
+        needs |= gates.gates_of(item).reference_needs
+        if "quant_reference" in getattr(item, "fixturenames", ()):
+            needs |= set(NEEDS)  # the fixture shows every figure, whatever the order of the tests
+    if quant.options.report is not None:
+        needs |= set(NEEDS)  # a report shows every figure of every recipe
+    quant.references.plan(frozenset(needs))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -105,20 +104,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     quant = item.config.stash[SESSION_KEY]
     if item.get_closest_marker("quant_gpu") and not quant.options.gpu:
         pytest.skip("needs --quant-gpu")
-    limits = []
-    for mark in item.iter_markers():
-        if mark.name not in gates.MARKERS:
-            continue
-        try:
-            limits.append(gates.parse(gates.MARKERS[mark.name], mark.args, mark.kwargs))
-        except gates.MarkerError as exc:
-            pytest.fail(str(exc), pytrace=False)
-    if limits and "quant_model" not in getattr(item, "fixturenames", ()):
-        pytest.fail(
-            f"@pytest.mark.{limits[0].marker} gates a quantized model: add the quant_model fixture to {item.name}",
-            pytrace=False,
-        )
-    item.stash[LIMITS_KEY] = limits
+    parsed = gates.gates_of(item)
+    if parsed.error:
+        pytest.fail(parsed.error, pytrace=False)
+    if parsed.limits and "quant_model" not in getattr(item, "fixturenames", ()):
+        pytest.fail(f"@pytest.mark.{parsed.limits[0].marker} gates a quantized model: add the quant_model fixture "
+                    f"to {item.name}", pytrace=False)
+    for limit in parsed.limits:
+        for note in limit.notes:
+            item.warn(pytest.PytestWarning(note))
 
 
 @pytest.fixture(scope="session")
@@ -153,57 +147,93 @@ def quant_model(quant_pair: Pair, request: pytest.FixtureRequest):
 
 @pytest.fixture(scope="session")
 def quant_reference(quant_pair: Pair, request: pytest.FixtureRequest):
-    """The unquantized reference of the current model: its measurements (computed once per session)."""
+    """The unquantized reference of the current model: its measurements (measured once per session)."""
     quant: QuantSession = request.config.stash[SESSION_KEY]
-    quant.ensure_reference(quant_pair.model)
-    return quant.metrics(Pair(quant_pair.model, BUILTIN_RECIPES["reference"]))
-
-
-def quant_session(config: pytest.Config) -> QuantSession:
-    return config.stash[SESSION_KEY]
+    if quant.reference_pair(quant_pair.model) is None:
+        pytest.fail(f"quant_reference: {quant_pair.model.name} is a pre-quantized checkpoint and has no unquantized "
+                    "reference; gate it with absolute limits or vs='baseline'", pytrace=False)
+    return quant.references.ensure(quant_pair.model)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
-    result = yield
+    """After the test body (passed or not), measure what the test's markers need and record it."""
     qm: QuantModel | None = getattr(item, "funcargs", {}).get("quant_model")
     if qm is None:
-        return result
-    limits: list[gates.Limits] = item.stash.get(LIMITS_KEY, [])
-    needs = frozenset().union(*(l.needs for l in limits)) if limits else frozenset()
-    if quant_session(item.config).options.report is not None:
-        needs = needs | frozenset(gates.NEEDS)  # a report shows every figure of every recipe
-    reference_needs = frozenset().union(*(l.reference_needs for l in limits)) if limits else frozenset()
-    metrics = qm.measure(*needs, reference_needs=reference_needs)
-    item.user_properties.extend(report.properties(metrics, qm.state))
-    violations = [v for limit in limits for v in gates.check(limit, metrics)]
-    violations += baselines.check(item, limits, metrics)  # vs="baseline" markers, through syrupy
-    if violations:
-        item.add_report_section("call", "quant metrics", report.detail(metrics, qm.state))
-        pytest.fail("\n".join(v.reason for v in violations), pytrace=False)
+        return (yield)
+    try:
+        result = yield
+    except BaseException:
+        _record(item, qm, body_failed=True)
+        raise
+    _record(item, qm, body_failed=False)
     return result
 
 
-class SummaryCollector:
-    """Gathers each test's metrics from its report (so it works under xdist, where reports arrive
-    from workers) and prints the summary table; writes --quant-report and $GITHUB_STEP_SUMMARY."""
+def _record(item: pytest.Item, qm: QuantModel, body_failed: bool) -> None:
+    quant: QuantSession = item.config.stash[SESSION_KEY]
+    needs = gates.gates_of(item).needs
+    if quant.options.report is not None:
+        needs |= frozenset(NEEDS)
+    try:
+        measured = quant.measure(qm, needs) if needs and qm.model is not None else qm.measurements
+    except Exception:
+        if not body_failed:
+            raise  # the measurement failed: that is this test's failure
+        measured = qm.measurements  # the body's own failure is the one to report; keep what was measured
+    item.stash[MEASURED_KEY] = measured
+    item.user_properties.extend(properties(measured))
 
-    def __init__(self, config: pytest.Config):
-        from . import report_files
 
-        self.config = config
-        self.rows = report.Rows()
-        # a bad --quant-report suffix is a usage error now, at start-up, not after the run
-        self.files = report_files.ReportFiles(config, config.stash[SESSION_KEY].options)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Check the gates after the body, and report a violated one under its own status, not as an assert."""
+    report: pytest.TestReport = yield
+    measured = item.stash.get(MEASURED_KEY, None)
+    if call.when != "call" or measured is None:
+        return report
+    parsed = gates.gates_of(item)
+    violations = [v for limit in parsed.limits for v in gates.check(limit, measured)]
+    sections: list[tuple[str, str]] = []
+    if parsed.baseline:
+        from .baselines.gate import IMPROVED_PROPERTY, check
 
-    def pytest_runtest_logreport(self, report) -> None:
-        self.rows.add(report)
+        try:
+            baseline = check(item, parsed.baseline, measured)
+        except Exception as exc:  # a broken baseline must fail this test, not the session
+            violations.append(gates.Violation(parsed.baseline[0].marker, f"baseline check failed: "
+                                              f"{type(exc).__name__}: {exc}", float("nan"), float("nan"), ""))
+        else:
+            violations += baseline.violations
+            if baseline.improved:
+                report.user_properties.append((IMPROVED_PROPERTY, baseline.improved))
+            if baseline.detail:
+                sections.append(("quant baseline", baseline.detail))
+    if not violations:
+        return report
+    reasons = "\n".join(v.reason for v in violations)
+    report.sections.append(("Captured quant metrics call", detail(measured)))
+    report.sections.extend((f"Captured {title} call", text) for title, text in sections)
+    if report.passed:
+        report.outcome = "failed"
+        report.longrepr = reasons
+        report.quant_gate = reasons
+    else:
+        report.sections.append(("Captured quant gate violations call", reasons))
+    return report
 
-    def pytest_terminal_summary(self, terminalreporter) -> None:
-        if self.rows.pairs and self.config.get_verbosity() > -2:
-            terminalreporter.write_sep("=", "pytest-quant summary")
-            for line in report.table(self.rows):
-                terminalreporter.write_line(line)
-        for line in self.files.write(self.rows):
-            if self.config.get_verbosity() > -2:
-                terminalreporter.write_line(line)
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config):
+    if report.when == "call" and getattr(report, "quant_gate", None) and report.failed:
+        return GATE_STATUS
+    return None
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    violated = [r for r in terminalreporter.stats.get("failed", []) if getattr(r, "quant_gate", None)]
+    if violated and config.get_verbosity() > -2:
+        terminalreporter.write_sep("=", "pytest-quant gate violations", red=True)
+        for report in violated:
+            terminalreporter.write_line(f"{report.nodeid}")
+            for line in str(report.quant_gate).splitlines():
+                terminalreporter.write_line(f"    {line}")

@@ -84,43 +84,8 @@ BUILTIN_RECIPES: dict[str, Recipe] = {
     )
 }
 
-# Not selectable by name: the one recipe of a --quant-model folder that carries its own quantization_config.
-PREQUANTIZED = Recipe(
-    "prequantized", "gptqmodel", (), "a checkpoint that carries its own quantization_config (GPTQ, AWQ, bitsandbytes)"
-)
-
-# The plugin's own recipe fields, beside those of the transformers config class of each backend.
-PLUGIN_FIELDS: dict[str, frozenset[str]] = {
-    "reference": frozenset({"dtype"}),
-    "bitsandbytes": frozenset(),
-    "gptqmodel": frozenset(
-        {"method", "kernel", "calibration", "calibration_samples", "calibration_seq_len", "version", "batch_size"}
-    ),
-}
-CONFIG_CLASS = {"bitsandbytes": "BitsAndBytesConfig", "gptqmodel": ("GPTQConfig", "AwqConfig")}
-
-
-def known_fields(backend: str) -> frozenset[str]:
-    """The fields a recipe of ``backend`` may set (reads transformers' config signatures lazily)."""
-    import inspect
-
-    fields = set(PLUGIN_FIELDS[backend])
-    classes = CONFIG_CLASS.get(backend, ())
-    if isinstance(classes, str):
-        classes = (classes,)
-    if classes:
-        import transformers
-
-        for cls_name in classes:
-            params = inspect.signature(getattr(transformers, cls_name).__init__).parameters
-            fields.update(
-                n for n, p in params.items() if n != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-            )
-    return frozenset(fields)
-
-
-def user_recipe(name: str, table: Mapping[str, Any], source: str = "pyproject.toml") -> Recipe:
-    """Validate one ``[tool.pytest-quant.recipes.NAME]`` table."""
+def user_recipe(name: str, table: Mapping[str, Any], registry, source: str = "pyproject.toml") -> Recipe:
+    """Validate one ``[tool.pytest-quant.recipes.NAME]`` table against its backend's fields and checks."""
     where = f"{source} [tool.pytest-quant.recipes.{name}]"
     if not NAME_PATTERN.match(name):
         raise RecipeError(f"{where}: recipe name {name!r} must match {NAME_PATTERN.pattern}")
@@ -131,33 +96,46 @@ def user_recipe(name: str, table: Mapping[str, Any], source: str = "pyproject.to
     settings = dict(table)
     backend = settings.pop("backend", None)
     description = settings.pop("description", "")
-    if backend not in PLUGIN_FIELDS:
-        raise RecipeError(f"{where}: backend {backend!r} is not one of {sorted(PLUGIN_FIELDS)}")
-    allowed = known_fields(backend)
+    if not isinstance(backend, str) or backend not in registry.names():
+        raise RecipeError(f"{where}: backend {backend!r} is not one of {sorted(registry.names())}")
+    entry = registry[backend]
+    allowed = entry.known_fields()
     unknown = sorted(set(settings) - allowed)
     if unknown:
         raise RecipeError(
             f"{where}: unknown field(s) {', '.join(map(repr, unknown))} for backend {backend!r}; "
             f"known fields: {', '.join(sorted(allowed))}"
         )
-    if backend == "bitsandbytes" and not (settings.get("load_in_4bit") or settings.get("load_in_8bit")):
-        raise RecipeError(f"{where}: a bitsandbytes recipe needs load_in_4bit = true or load_in_8bit = true")
-    if backend == "gptqmodel" and settings.get("method", "gptq") not in ("gptq", "awq"):
-        raise RecipeError(f"{where}: method {settings['method']!r} is not one of ['awq', 'gptq']")
+    try:
+        entry.check(settings)
+    except ValueError as exc:
+        raise RecipeError(f"{where}: {exc}") from None
     return Recipe(name, backend, _frozen(settings), description, builtin=False)
 
 
-def load_user_recipes(pyproject: Path) -> dict[str, Recipe]:
+KNOWN_TOOL_KEYS = ("recipes",)
+
+
+def load_user_recipes(pyproject: Path, registry) -> tuple[dict[str, Recipe], list[str]]:
+    """The recipes of ``[tool.pytest-quant.recipes]``, and warnings about keys the plugin does not read."""
     if not pyproject.is_file():
-        return {}
+        return {}, []
     import tomllib
 
     try:
         data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{pyproject}: not valid TOML ({exc})") from exc
-    tables = data.get("tool", {}).get("pytest-quant", {}).get("recipes", {})
-    return {name: user_recipe(name, table, str(pyproject)) for name, table in tables.items()}
+    tool = data.get("tool", {}).get("pytest-quant", {})
+    if not isinstance(tool, Mapping):
+        raise RecipeError(f"{pyproject} [tool.pytest-quant]: expected a table, got {tool!r}")
+    warnings = [f"{pyproject} [tool.pytest-quant]: unknown key {key!r} ignored; known keys: {', '.join(KNOWN_TOOL_KEYS)}"
+                for key in tool if key not in KNOWN_TOOL_KEYS]
+    tables = tool.get("recipes", {})
+    if not isinstance(tables, Mapping):
+        raise RecipeError(f"{pyproject} [tool.pytest-quant]: 'recipes' is {tables!r}; expected a table of recipe "
+                          "tables, e.g. [tool.pytest-quant.recipes.my-nf4]")
+    return {name: user_recipe(name, table, registry, str(pyproject)) for name, table in tables.items()}, warnings
 
 
 def select(names: tuple[str, ...] | None, available: Mapping[str, Recipe]) -> list[Recipe]:
@@ -170,3 +148,15 @@ def select(names: tuple[str, ...] | None, available: Mapping[str, Recipe]) -> li
             f"--quant-recipes: unknown recipe(s) {', '.join(map(repr, unknown))}; known recipes: {', '.join(available)}"
         )
     return [available[n] for n in dict.fromkeys(names)]
+
+
+def available_recipes(pyproject: Path, registry, options) -> tuple[list[Recipe], list[str]]:
+    """This session's recipes (those named by --quant-recipes, else every built-in and user recipe whose
+    backend is installed and runs on the device), and warnings about the pyproject table."""
+    user, notes = load_user_recipes(pyproject, registry)
+    available = {**BUILTIN_RECIPES, **user}
+    if options.recipe_names is not None:
+        return select(options.recipe_names, available), notes
+    chosen = [r for r in available.values()
+              if not registry[r.backend].missing() and registry[r.backend].runs_on(options.device)]
+    return chosen, notes

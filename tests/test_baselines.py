@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_quant import baselines, gates, hardware
-from pytest_quant.baselines import METRIC, Comparison, compare, dumps, loads
+from pytest_quant import gates, hardware
+from pytest_quant.baselines.compare import Comparison, compare
+from pytest_quant.baselines.record import BaselineFormatError, dumps, loads
+from pytest_quant.baselines.rules import RULE as METRIC, parse_tolerance_ini
+from pytest_quant.baselines.settings import BaselineSettings
 
 REFERENCE = ("--quant-recipes", "reference")
 BOTH = ("--quant-recipes", "reference,bnb-nf4")
@@ -39,7 +42,7 @@ def edit(path: Path, **changes) -> None:
 
 # -- the file -----------------------------------------------------------------------------------
 def test_dumps_sorts_keys_and_fixes_precision_per_metric() -> None:
-    text = dumps(record({"vram_peak_bytes": 10957824.0, "perplexity": 143.29371, "decode_tokens_per_s": 812.34,
+    text = dumps(record({"vram_resident_bytes": 10957824.0, "perplexity": 143.29371, "decode_tokens_per_s": 812.34,
                          "top1_agreement_percent": 100.0, "mean_kl_nats": 0.0095012, "p99_kl_nats": 0.0}))
     assert text.endswith("}\n")
     assert '"decode_tokens_per_s": 812.3,' in text
@@ -47,7 +50,7 @@ def test_dumps_sorts_keys_and_fixes_precision_per_metric() -> None:
     assert '"p99_kl_nats": 0.000000,' in text
     assert '"perplexity": 143.2937,' in text
     assert '"top1_agreement_percent": 100.000,' in text
-    assert '"vram_peak_bytes": 10957824\n' in text
+    assert '"vram_resident_bytes": 10957824\n' in text
     keys = re.findall(r'^\s*"(\w+)":', text, flags=re.M)
     assert keys[:2] == ["context", "device"] and keys.index("format_version") < keys.index("metrics")
     assert loads(text)["metrics"]["perplexity"] == 143.2937
@@ -69,11 +72,11 @@ def test_dumps_refuses_a_number_that_is_not_finite() -> None:
         ('{"format_version": 1, "context": {}, "metrics": {"ppl": 1}}', "unknown metric 'ppl'"),
         ('{"format_version": 1, "context": {}, "metrics": {"perplexity": "low"}}',
          "metrics.perplexity is 'low', expected a finite number >= 0"),
-        ('{"format_version": 1, "context": {}, "metrics": {"vram_peak_bytes": -1}}', "metrics.vram_peak_bytes is -1"),
+        ('{"format_version": 1, "context": {}, "metrics": {"vram_resident_bytes": -1}}', "metrics.vram_resident_bytes is -1"),
     ],
 )
 def test_loads_says_what_is_wrong(text: str, problem: str) -> None:
-    with pytest.raises(baselines.BaselineFormatError) as excinfo:
+    with pytest.raises(BaselineFormatError) as excinfo:
         loads(text)
     assert problem in str(excinfo.value)
 
@@ -88,10 +91,10 @@ def test_loads_says_what_is_wrong(text: str, problem: str) -> None:
         ("decode_tokens_per_s", 1000.0, 0.1, 1099.9, False, False),
         ("decode_tokens_per_s", 1000.0, 0.1, 1100.1, False, True),
         # lower is better, a fraction: ceiling 1050, improved below 950
-        ("vram_peak_bytes", 1000.0, 0.05, 1050.1, True, False),
-        ("vram_peak_bytes", 1000.0, 0.05, 1049.9, False, False),
-        ("vram_peak_bytes", 1000.0, 0.05, 950.1, False, False),
-        ("vram_peak_bytes", 1000.0, 0.05, 949.9, False, True),
+        ("vram_resident_bytes", 1000.0, 0.05, 1050.1, True, False),
+        ("vram_resident_bytes", 1000.0, 0.05, 1049.9, False, False),
+        ("vram_resident_bytes", 1000.0, 0.05, 950.1, False, False),
+        ("vram_resident_bytes", 1000.0, 0.05, 949.9, False, True),
         # lower is better, absolute: ceiling 10.05, improved below 9.95
         ("perplexity", 10.0, 0.05, 10.0501, True, False),
         ("perplexity", 10.0, 0.05, 10.0499, False, False),
@@ -121,9 +124,9 @@ def test_tokens_per_second_regression_message() -> None:
         "decode 812.3 tok/s below baseline 1000.0 tok/s - 10% = 900.0 tok/s [tiny, bnb-nf4, cuda:0] "
         "(baselines/tiny/nvidia-h100-80gb-hbm3/test_x[tiny-bnb-nf4].json)"
     )
-    better = Comparison(METRIC["vram_peak_bytes"], 8 * 2**20, 10 * 2**20, 0.05)
+    better = Comparison(METRIC["vram_resident_bytes"], 8 * 2**20, 10 * 2**20, 0.05)
     assert better.sentence("[tiny, bnb-nf4, cpu]", "p.json") == (
-        "VRAM peak 8.00 MiB improved beyond baseline 10.00 MiB - 5% = 9.50 MiB [tiny, bnb-nf4, cpu] (p.json)"
+        "VRAM resident 8.00 MiB improved beyond baseline 10.00 MiB - 5% = 9.50 MiB [tiny, bnb-nf4, cpu] (p.json)"
     )
 
 
@@ -148,8 +151,8 @@ def test_compare_refuses_quality_measured_on_other_eval_tokens() -> None:
 
 
 def test_compare_names_a_gated_metric_the_baseline_lacks() -> None:
-    outcome = compare(json.loads(dumps(record({"perplexity": 10.0, "vram_peak_bytes": 5}))),
-                      dumps(record({"vram_peak_bytes": 5})), {"perplexity": 0.05, "vram_peak_bytes": 0.02})
+    outcome = compare(json.loads(dumps(record({"perplexity": 10.0, "vram_resident_bytes": 5}))),
+                      dumps(record({"vram_resident_bytes": 5})), {"perplexity": 0.05, "vram_resident_bytes": 0.02})
     assert outcome.problems == ["has no perplexity: refresh with --snapshot-update"]
 
 
@@ -182,14 +185,14 @@ def test_bad_baseline_marker_arguments_are_named(marker: str, kwargs: dict, mess
 
 
 def test_ini_tolerances_per_device_kind() -> None:
-    parsed = baselines.parse_tolerance_ini(["perplexity = 0.1", "cpu: decode_tokens_per_s = 0.9", "cuda:vram_peak_bytes=0"])
-    assert parsed == {(None, "perplexity"): 0.1, ("cpu", "decode_tokens_per_s"): 0.9, ("cuda", "vram_peak_bytes"): 0.0}
-    settings = baselines.BaselineSettings(root=Path("b"), device="cpu", rootpath=Path("."), eval_text=Path("e"),
+    parsed = parse_tolerance_ini(["perplexity = 0.1", "cpu: decode_tokens_per_s = 0.9", "cuda:vram_resident_bytes=0"])
+    assert parsed == {(None, "perplexity"): 0.1, ("cpu", "decode_tokens_per_s"): 0.9, ("cuda", "vram_resident_bytes"): 0.0}
+    settings = BaselineSettings(root=Path("b"), device="cpu", rootpath=Path("."), eval_text=Path("e"),
                                           recipes=frozenset(), ini_tolerances=parsed)
     assert settings.tolerance("perplexity") == 0.1
     assert settings.tolerance("decode_tokens_per_s") == 0.9
-    assert settings.tolerance("vram_peak_bytes") == METRIC["vram_peak_bytes"].defaults["cpu"]
-    assert baselines.BaselineSettings(**{**settings.__dict__, "device": "cuda:0"}).tolerance("vram_peak_bytes") == 0.0
+    assert settings.tolerance("vram_resident_bytes") == METRIC["vram_resident_bytes"].defaults["cpu"]
+    assert BaselineSettings(**{**settings.__dict__, "device": "cuda:0"}).tolerance("vram_resident_bytes") == 0.0
 
 
 @pytest.mark.parametrize(
@@ -230,7 +233,7 @@ def test_hardware_key_is_the_named_gpu_or_cpu(monkeypatch: pytest.MonkeyPatch) -
 WRITER = """
 import sys
 from pathlib import Path
-from pytest_quant.baselines import atomic_write
+from pytest_quant.atomic import atomic_write
 target, tag = Path(sys.argv[1]), sys.argv[2]
 for i in range(300):
     atomic_write(target, '{"writer": "%s", "i": %d, "pad": "%s"}\\n' % (tag, i, tag * (1000 + 37 * i)))
@@ -276,8 +279,8 @@ def test_missing_baseline_fails_then_snapshot_update_writes_it(run_quant, pytest
     text = path.read_text()
     data = loads(text)
     assert text == dumps(data)  # sorted keys, fixed precision: the file is its own canonical form
-    assert set(data["metrics"]) == {"vram_peak_bytes", "perplexity"}
-    assert data["metrics"]["perplexity"] > 1 and data["metrics"]["vram_peak_bytes"] > 10**6
+    assert set(data["metrics"]) == {"vram_resident_bytes", "perplexity"}
+    assert data["metrics"]["perplexity"] > 1 and data["metrics"]["vram_resident_bytes"] > 10**6
     assert re.search(r'"perplexity": \d+\.\d{4},?\n', text)
     context = data["context"]
     assert (context["model"], context["recipe"], context["device"]) == ("tiny", "reference", "cpu")
@@ -384,9 +387,9 @@ def test_quality_and_vram_regressions_are_direction_aware(run_quant, pytester: p
     assert 0 < measured["mean_kl_nats"] < measured["p99_kl_nats"] and measured["top1_agreement_percent"] < 100
     # the quantized model got worse than its baseline by just over each default tolerance ...
     edit(nf4, perplexity=lambda v: v - 0.06, mean_kl_nats=lambda v: v - 0.0011, p99_kl_nats=lambda v: v - 0.005,
-         top1_agreement_percent=lambda v: v + 0.6, vram_peak_bytes=lambda v: int(v / 1.03))
+         top1_agreement_percent=lambda v: v + 0.6, vram_resident_bytes=lambda v: int(v / 1.03))
     # ... and the reference better than its baseline: that passes
-    edit(ref, perplexity=lambda v: v + 0.06, vram_peak_bytes=lambda v: int(v * 1.03))
+    edit(ref, perplexity=lambda v: v + 0.06, vram_resident_bytes=lambda v: int(v * 1.03))
     stored = {p: p.read_text() for p in (nf4, ref)}
 
     result = run_quant(plain, *BOTH)
@@ -407,7 +410,7 @@ def test_quality_and_vram_regressions_are_direction_aware(run_quant, pytester: p
 
     # wider tolerances, on the markers and in the ini, let the same measurements pass
     widened = QUALITY.format(ppl=", tolerance=0.07", kl=', tolerance={"mean_kl_nats": 0.002, "top1_agreement_percent": 1}')
-    result = run_quant(widened, *BOTH, ini="[pytest]\nquant_baseline_tolerances =\n    cpu: vram_peak_bytes = 0.04\n")
+    result = run_quant(widened, *BOTH, ini="[pytest]\nquant_baseline_tolerances =\n    cpu: vram_resident_bytes = 0.04\n")
     result.assert_outcomes(passed=2)
     assert {p: p.read_text() for p in stored} == stored
 
@@ -423,7 +426,7 @@ def test_corrupt_or_misshapen_baseline_fails_and_is_kept_until_update(run_quant,
             "line 1 column 51" in result.stdout.str())
     assert torn.read_text() == '{"format_version": 1, "metrics": {"perplexity": 14'
 
-    misshapen = dumps(record({"perplexity": 14.0, "vram_peak_bytes": 1000})).replace("14.0000", '"fourteen"')
+    misshapen = dumps(record({"perplexity": 14.0, "vram_resident_bytes": 1000})).replace("14.0000", '"fourteen"')
     torn.write_text(misshapen)
     result = run_quant(GATED, *REFERENCE)
     result.assert_outcomes(failed=1)
@@ -453,14 +456,14 @@ def test_markers_added_by_a_conftest_hook_are_compared_and_deselected_baselines_
     site = pytester.path / SITE
     site.mkdir(parents=True)
     kept = site / "test_b[tiny-reference].json"
-    kept.write_text(dumps(record({"vram_peak_bytes": 1})))
+    kept.write_text(dumps(record({"vram_resident_bytes": 1})))
     source = "def test_a(quant_model):\n    pass\n\ndef test_b(quant_model):\n    pass\n"
     result = run_quant(source, *REFERENCE, "-k", "test_a", "--snapshot-update")
     result.assert_outcomes(passed=1, deselected=1)
     result.stdout.fnmatch_lines(["*1 snapshot generated.*"])
     assert "unused" not in result.stdout.str()
     assert (site / "test_a[tiny-reference].json").exists()
-    assert loads(kept.read_text())["metrics"]["vram_peak_bytes"] == 1
+    assert loads(kept.read_text())["metrics"]["vram_resident_bytes"] == 1
 
 
 MANY = "\n".join(
@@ -478,18 +481,18 @@ def test_xdist_workers_write_and_compare_baselines(run_quant, pytester: pytest.P
     other = pytester.path / OTHER_GPU
     other.mkdir(parents=True)
     gpu_file = other / "test_a[tiny-reference].json"
-    gpu_file.write_text(dumps(record({"vram_peak_bytes": 1}, device="cuda:0")))
+    gpu_file.write_text(dumps(record({"vram_resident_bytes": 1}, device="cuda:0")))
     orphan = pytester.path / SITE / "test_gone[tiny-reference].json"
     orphan.parent.mkdir(parents=True)
-    orphan.write_text(dumps(record({"vram_peak_bytes": 1})))
+    orphan.write_text(dumps(record({"vram_resident_bytes": 1})))
 
     result = run_quant("import pytest\n" + MANY, *REFERENCE, "-n", "2", "--snapshot-update")
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*4 snapshots generated. 1 unused snapshot deleted.*"])
     files = sorted((pytester.path / SITE).iterdir())
     assert [p.name for p in files] == [f"test_{n}[tiny-reference].json" for n in "abcd"]
-    assert len({loads(p.read_text())["metrics"]["vram_peak_bytes"] for p in files}) == 1
-    assert loads(gpu_file.read_text())["metrics"]["vram_peak_bytes"] == 1
+    assert len({loads(p.read_text())["metrics"]["vram_resident_bytes"] for p in files}) == 1
+    assert loads(gpu_file.read_text())["metrics"]["vram_resident_bytes"] == 1
 
     result = run_quant("import pytest\n" + MANY, *REFERENCE, "-n", "2")
     result.assert_outcomes(passed=4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_quant import gates
-from pytest_quant.options import format_bytes, parse_bytes
+from pytest_quant.units import format_bytes, parse_bytes
 
 
 @pytest.mark.parametrize(

@@ -14,19 +14,21 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytest_quant import __version__, report_files
-from pytest_quant.options import format_bytes
-from pytest_quant.report import Rows
-from pytest_quant.report_files import RunInfo
+from pytest_quant import __version__
+from pytest_quant.atomic import atomic_write
+from pytest_quant.report import files as report_files, plot as report_plot
+from pytest_quant.report.documents import RunInfo
+from pytest_quant.report.rows import Rows
+from pytest_quant.units import format_bytes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REF = dict(model="tiny", recipe="reference", device="cpu", kernel="Linear", dtype="float32", hardware="Test CPU 9000",
-           vram_peak_bytes=28_849_408, decode_tokens_per_s=61.25, perplexity=148.1137, eval_tokens=512,
+           vram_resident_bytes=28_849_408, decode_tokens_per_s=61.25, perplexity=148.1137, eval_tokens=512,
            mean_kl_nats=0.0, p99_kl_nats=0.0, top1_agreement_percent=100.0)
-NF4 = dict(REF, recipe="bnb-nf4", kernel="Linear4bit", vram_peak_bytes=9_437_184, decode_tokens_per_s=22.5,
+NF4 = dict(REF, recipe="bnb-nf4", kernel="Linear4bit", vram_resident_bytes=9_437_184, decode_tokens_per_s=22.5,
            perplexity=149.4779, mean_kl_nats=0.009802, p99_kl_nats=0.035589, top1_agreement_percent=93.555,
            reference_perplexity=148.1137, delta_perplexity=1.3642)
-INT8 = dict(NF4, recipe="bnb-int8", kernel="Linear8bitLt", vram_peak_bytes=14_680_064, decode_tokens_per_s=8.75,
+INT8 = dict(NF4, recipe="bnb-int8", kernel="Linear8bitLt", vram_resident_bytes=14_680_064, decode_tokens_per_s=8.75,
             perplexity=148.2001, mean_kl_nats=0.0011, p99_kl_nats=0.0052, top1_agreement_percent=98.4,
             delta_perplexity=0.0864)
 
@@ -58,7 +60,7 @@ def info(rows: Rows) -> RunInfo:
 def expected_cells(props: dict, result: str) -> list[str]:
     """The report's cells for one row, formatted here independently of the writers."""
     delta = props.get("delta_perplexity")
-    return [props["model"], props["recipe"], props["device"], props["kernel"], format_bytes(props["vram_peak_bytes"]),
+    return [props["model"], props["recipe"], props["device"], props["kernel"], format_bytes(props["vram_resident_bytes"]),
             f"{props['decode_tokens_per_s']:.1f}",
             f"{props['roofline_percent']:.2f}" if props.get("roofline_percent") is not None else "-",
             f"{props['perplexity']:.3f}",
@@ -124,7 +126,7 @@ def test_html_is_one_self_contained_page_with_the_table_and_the_plot(rows, info,
 
 
 def test_a_row_that_lacks_a_metric_shows_a_dash_and_stays_out_of_the_plot(tmp_path) -> None:
-    partial = {k: v for k, v in NF4.items() if k != "vram_peak_bytes"}
+    partial = {k: v for k, v in NF4.items() if k != "vram_resident_bytes"}
     rows = make_rows((REF, False), (partial, False))
     info = RunInfo.of(rows, started=datetime.now(timezone.utc), device="cpu")
     report_files.write_report(tmp_path / "r.html", rows, info)
@@ -140,7 +142,7 @@ def test_the_plot_is_a_png_beside_the_report_and_its_svg_carries_the_labels(rows
     report_files.write_report(tmp_path / "deep" / "er" / "r.md", rows, info)
     width, height = png_size(tmp_path / "deep" / "er" / "r.png")
     assert width > height > 400
-    plot = report_files.render_plot(rows, tmp_path / "again.png", svg=True)
+    plot = report_plot.render_plot(rows, tmp_path / "again.png", svg=True)
     texts = svg_texts(plot.svg)
     assert plot.svg.startswith("<svg") and plot.note is None
     assert {"reference", "bnb-nf4", "bnb-int8"} <= set(texts)  # each point labelled with its recipe
@@ -153,12 +155,12 @@ def test_the_plot_is_a_png_beside_the_report_and_its_svg_carries_the_labels(rows
 
 def test_on_a_gpu_the_x_axis_is_vram_and_labels_do_not_overlap(tmp_path) -> None:
     crowd = [dict(NF4, device="cuda:0", hardware="NVIDIA H100 80GB HBM3", recipe=name,
-                  vram_peak_bytes=NF4["vram_peak_bytes"] + i * 2**16, perplexity=NF4["perplexity"] + i * 0.01)
+                  vram_resident_bytes=NF4["vram_resident_bytes"] + i * 2**16, perplexity=NF4["perplexity"] + i * 0.01)
              for i, name in enumerate(("bnb-nf4", "bnb-fp4", "bnb-nf4-dq", "gptq-w4g128"))]
     rows = make_rows((dict(REF, device="cuda:0", hardware="NVIDIA H100 80GB HBM3"), False), *((c, False) for c in crowd))
     from matplotlib.text import Text
 
-    fig = report_files.figure(rows)
+    fig = report_plot.figure(rows)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     ax = fig.axes[0]
@@ -177,7 +179,7 @@ def test_without_matplotlib_the_table_is_written_and_one_line_says_what_to_insta
                                                                                    monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     lines = report_files.write_report(tmp_path / "r.md", rows, info)
-    assert lines == [f"pytest-quant report: no plot: matplotlib is not installed; the plot needs {report_files.INSTALL_HINT}",
+    assert lines == [f"pytest-quant report: no plot: matplotlib is not installed; the plot needs {report_plot.INSTALL_HINT}",
                      f"pytest-quant report: {tmp_path / 'r.md'}"]
     text = (tmp_path / "r.md").read_text()
     assert "| tiny | bnb-nf4 |" in text and "pip install 'pytest-quant[report]'" in text
@@ -187,7 +189,7 @@ def test_without_matplotlib_the_table_is_written_and_one_line_says_what_to_insta
 def test_files_are_replaced_whole_and_no_temporary_file_is_left(rows, info, tmp_path) -> None:
     target = tmp_path / "r.json"
     target.write_text("old")
-    report_files.atomic_write(target, "new")
+    atomic_write(target, "new")
     assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
     umask = os.umask(0)
     os.umask(umask)
@@ -285,7 +287,7 @@ def test_under_xdist_the_controller_writes_every_row_once(pytester: pytest.Pytes
         [f"pytest-quant report: {out} (plot: {out.with_suffix('.png')})"]
     doc = json.loads(out.read_text())
     assert sorted(r["recipe"] for r in doc["results"]) == ["bnb-int8", "bnb-nf4"]
-    assert all(r["perplexity"] > 1 and r["vram_peak_bytes"] > 0 and r["result"] == "pass" for r in doc["results"])
+    assert all(r["perplexity"] > 1 and r["vram_resident_bytes"] > 0 and r["result"] == "pass" for r in doc["results"])
     assert doc["plot"] == "r.png" and png_size(out.with_suffix(".png"))
     text = summary.read_text()
     assert text.count("### pytest-quant report") == 1 and "| tiny | bnb-int8 |" in text and "| tiny | bnb-nf4 |" in text

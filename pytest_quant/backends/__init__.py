@@ -1,7 +1,8 @@
-"""A light registry of quantization backends, each imported only when a recipe of it is loaded.
+"""The backend registry: one entry per quantization library, its module imported only when a recipe of it loads.
 
-Every backend module provides ``REQUIRES`` (import names it needs), ``INSTALL_HINT``, ``DEVICES``
-(``"cpu"``/``"cuda"``) and ``load(request) -> Loaded``.
+An entry says what the backend needs installed, how to install it, the device kinds it runs on, the recipe
+fields it accepts (its own, and those of transformers config classes it names) and where its ``load``
+lives. Third parties add entries through the ``pytest_quant_backends`` hook (see ``pytest_quant.hookspecs``).
 """
 
 from __future__ import annotations
@@ -10,32 +11,16 @@ import importlib
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
-from ..recipes import Recipe
-
-# name -> (module, import names it needs, install hint, device kinds it runs on)
-REGISTRY: dict[str, tuple[str, tuple[str, ...], str, frozenset[str]]] = {
-    "reference": ("pytest_quant.backends.reference", (), "", frozenset({"cpu", "cuda"})),
-    "bitsandbytes": (
-        "pytest_quant.backends.bitsandbytes",
-        ("bitsandbytes",),
-        "pip install 'pytest-quant[bnb]'",
-        frozenset({"cpu", "cuda"}),
-    ),
-    "gptqmodel": (
-        "pytest_quant.backends.gptqmodel",
-        ("gptqmodel", "optimum"),
-        "pip install 'pytest-quant[gptq]'",
-        frozenset({"cpu", "cuda"}),
-    ),
-}
+from ..hardware import device_kind
+from .common import default_dtype, load_tokenizer, quantized_linear_classes  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)
 class LoadRequest:
     model_path: Path
-    recipe: Recipe
+    recipe: Any  # recipes.Recipe
     device: str  # "cpu" or "cuda:N"
     cache_dir: Path | None = None  # where quantized models may be cached (backends that quantize)
     calibration_text: Path | None = None
@@ -53,68 +38,126 @@ class Loaded:
     dtype: str
     kernel: str = ""  # the class of the quantized linear layers that ran
     quantize_seconds: float = 0.0
-    cache: str = ""  # "hit", "miss" or "" where nothing is cached
+    cache: str = ""  # "hit", "miss", "rebuilt" or "" where nothing is cached
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-def device_kind(device: str) -> str:
-    return "cuda" if device.startswith("cuda") else "cpu"
+@dataclass(frozen=True)
+class Backend:
+    """One registry entry.
+
+    ``load`` and ``validate`` are callables or ``"module:function"`` strings (imported when first used, so
+    registering a backend imports nothing heavy). ``validate(settings)`` raises ValueError naming a bad
+    field; it runs at start-up, before any model loads. ``requires_of(model_path)`` replaces ``requires``
+    where what is needed depends on the checkpoint. ``calls_before_load``: the backend calls
+    ``request.before_load()`` itself (after quantizing, right before the measured load).
+    """
+
+    name: str
+    load: Callable[[LoadRequest], Loaded] | str
+    requires: tuple[str, ...] = ()
+    install_hint: str = ""
+    devices: frozenset[str] = frozenset({"cpu", "cuda"})
+    fields: frozenset[str] = frozenset()
+    config_classes: tuple[str, ...] = ()  # transformers classes whose keyword arguments are recipe fields
+    validate: Callable[[dict[str, Any]], None] | str | None = None
+    requires_of: Callable[[Path], tuple[str, ...]] | str | None = None
+    calls_before_load: bool = False
+    selectable: bool = True  # False: not a recipe a user names (the pre-quantized checkpoint's)
+
+    def missing(self, model_path: Path | None = None) -> list[str]:
+        """Import names this backend needs that are not installed (checked without importing them)."""
+        requires = self.requires
+        if self.requires_of is not None and model_path is not None:
+            requires = _resolve(self.requires_of)(model_path)
+        return [name for name in requires if not is_installed(name)]
+
+    def runs_on(self, device: str) -> bool:
+        return device_kind(device) in self.devices
+
+    def known_fields(self) -> frozenset[str]:
+        """The fields a recipe of this backend may set (reads transformers' signatures lazily)."""
+        import inspect
+
+        names = set(self.fields)
+        if self.config_classes:
+            import transformers
+
+            for cls_name in self.config_classes:
+                params = inspect.signature(getattr(transformers, cls_name).__init__).parameters
+                names.update(n for n, p in params.items()
+                             if n != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        return frozenset(names)
+
+    def check(self, settings: dict[str, Any]) -> None:
+        if self.validate is not None:
+            _resolve(self.validate)(dict(settings))
+
+    def load_model(self, request: LoadRequest) -> Loaded:
+        if not self.calls_before_load:
+            request.before_load()
+        return _resolve(self.load)(request)
 
 
-def missing_requirements(backend: str) -> list[str]:
-    """Import names the backend needs that are not installed (checked without importing them)."""
-    _, requires, _, _ = REGISTRY[backend]
-    return [name for name in requires if importlib.util.find_spec(name) is None]
+def is_installed(name: str) -> bool:
+    """Whether an import name can be imported (checked without importing it)."""
+    return importlib.util.find_spec(name) is not None
 
 
-def install_hint(backend: str) -> str:
-    return REGISTRY[backend][2]
+def _resolve(target: Callable | str) -> Callable:
+    if callable(target):
+        return target
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def supports(backend: str, device: str) -> bool:
-    return device_kind(device) in REGISTRY[backend][3]
+_PKG = "pytest_quant.backends"
+BUILTIN_BACKENDS: tuple[Backend, ...] = (
+    Backend("reference", f"{_PKG}.reference:load", fields=frozenset({"dtype"}), validate=f"{_PKG}.reference:validate"),
+    Backend("bitsandbytes", f"{_PKG}.bitsandbytes:load", ("bitsandbytes",), "pip install 'pytest-quant[bnb]'",
+            config_classes=("BitsAndBytesConfig",), validate=f"{_PKG}.bitsandbytes:validate"),
+    Backend("gptqmodel", f"{_PKG}.gptqmodel:load", ("gptqmodel", "optimum"), "pip install 'pytest-quant[gptq]'",
+            fields=frozenset({"method", "kernel", "calibration", "calibration_samples", "calibration_seq_len",
+                              "version", "batch_size"}),
+            config_classes=("GPTQConfig", "AwqConfig"), validate=f"{_PKG}.gptqmodel_spec:validate",
+            calls_before_load=True),
+    Backend("prequantized", f"{_PKG}.prequantized:load", install_hint="pip install 'pytest-quant[gptq]' (GPTQ, AWQ) "
+            "or 'pytest-quant[bnb]' (bitsandbytes)", fields=frozenset({"kernel"}),
+            requires_of=f"{_PKG}.checkpoint:requirements", selectable=False),
+)
 
 
-def load(request: LoadRequest) -> Loaded:
-    module = importlib.import_module(REGISTRY[request.recipe.backend][0])
-    if not getattr(module, "CALLS_BEFORE_LOAD", False):  # backends that quantize first call it themselves
-        request.before_load()
-    return module.load(request)
+class Registry:
+    """The backends of one session: the built-ins, then those third parties register."""
+
+    def __init__(self, backends: Iterable[Backend] = BUILTIN_BACKENDS):
+        self._backends: dict[str, Backend] = {}
+        for backend in backends:
+            self.add(backend)
+
+    def add(self, backend: Backend) -> None:
+        if not isinstance(backend, Backend):
+            raise TypeError(f"pytest_quant_backends must return pytest_quant.backends.Backend entries, got {backend!r}")
+        if backend.name in self._backends:
+            raise ValueError(f"backend {backend.name!r} is registered twice")
+        self._backends[backend.name] = backend
+
+    def __getitem__(self, name: str) -> Backend:
+        return self._backends[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._backends
+
+    def names(self, selectable_only: bool = True) -> list[str]:
+        return [n for n, b in self._backends.items() if b.selectable or not selectable_only]
 
 
-def default_dtype(model_path: Path, device: str):
-    """fp32 on CPU; on GPU the checkpoint's own 16-bit dtype, else bf16."""
-    import json
-
-    import torch
-
-    if device_kind(device) == "cpu":
-        return torch.float32
-    try:
-        config = json.loads((model_path / "config.json").read_text())
-    except (OSError, ValueError):
-        config = {}
-    name = config.get("dtype") or config.get("torch_dtype")
-    return torch.float16 if name == "float16" else torch.bfloat16
+DEFAULT_REGISTRY = Registry()
 
 
-def load_tokenizer(model_path: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_path)
+def load(request: LoadRequest, registry: Registry = DEFAULT_REGISTRY) -> Loaded:
+    return registry[request.recipe.backend].load_model(request)
 
 
-def quantized_linear_classes(model) -> str:
-    """The distinct class names of the model's quantized linear layers (what kernel ran): every module
-    whose class is named like a linear layer but is not torch's own. No ``weight`` is required: GPTQModel's
-    AWQ layers keep only ``qweight``."""
-    import torch
-
-    names = sorted(
-        {
-            type(m).__name__
-            for m in model.modules()
-            if type(m) is not torch.nn.Linear and "linear" in type(m).__name__.lower()
-        }
-    )
-    return ",".join(names) or "Linear"
+def missing_requirements(backend: str, registry: Registry = DEFAULT_REGISTRY) -> list[str]:
+    return registry[backend].missing()

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from . import Loaded, LoadRequest, default_dtype, load_tokenizer
+from typing import Any
 
-REQUIRES: tuple[str, ...] = ()
+from . import Loaded, LoadRequest
+from .common import default_dtype, load_tokenizer
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def validate(settings: dict[str, Any]) -> None:
+    dtype = settings.get("dtype")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"field 'dtype' is {dtype!r}; accepted: {', '.join(DTYPES)}")
 
 
 def load(request: LoadRequest) -> Loaded:

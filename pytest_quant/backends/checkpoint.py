@@ -1,0 +1,89 @@
+"""What a model folder holds: whether its config.json declares a quantization, and what loading it needs."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+# What loading a pre-quantized checkpoint of each method needs installed (import names).
+REQUIRES_BY_METHOD: dict[str, tuple[str, ...]] = {
+    "gptq": ("gptqmodel", "optimum"),
+    "awq": ("gptqmodel",),
+    "bitsandbytes": ("bitsandbytes",),
+}
+
+
+def read_config(model_path: Path) -> dict:
+    """config.json of a model folder, or ValueError naming the file and what is wrong."""
+    config_file = Path(model_path) / "config.json"
+    try:
+        text = config_file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{config_file}: cannot read the model config ({exc.strerror or exc})") from exc
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{config_file}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file}: expected a JSON object, found {type(config).__name__}")
+    return config
+
+
+def quantization_method(model_path: Path) -> str | None:
+    """The quantization method a model folder's config.json declares ("gptq", "awq", "bitsandbytes", ...).
+
+    None for an unquantized model. Reads the JSON only (no torch).
+    """
+    qc = read_config(model_path).get("quantization_config")
+    if not isinstance(qc, dict):
+        return None
+    if qc.get("load_in_4bit") or qc.get("load_in_8bit") or str(qc.get("quant_method", "")).lower() == "bitsandbytes":
+        return "bitsandbytes"
+    method = qc.get("quant_method")
+    return str(method).lower() if method else None
+
+
+def requirements(model_path: Path) -> tuple[str, ...]:
+    """Import names loading this checkpoint needs."""
+    return REQUIRES_BY_METHOD.get(quantization_method(model_path) or "", ())
+
+
+def load_checkpoint(path: Path, device: str, kernel: str | None = None, dtype=None, **load_options):
+    """Load a quantized checkpoint folder with transformers, with an explicit kernel for GPTQ and AWQ."""
+    from transformers import AutoModelForCausalLM
+
+    from .common import default_dtype
+
+    method = quantization_method(path)
+    if method is None:
+        raise ValueError(f"{path}: config.json has no quantization_config, so it is not a quantized checkpoint")
+    config = None
+    if method in ("gptq", "awq"):
+        from transformers import AwqConfig, GPTQConfig
+
+        from .gptqmodel_spec import AWQ_CONFIG_NAMES, prepare_environment, resolve_kernel
+
+        prepare_environment()
+
+        saved = json.loads((Path(path) / "config.json").read_text())["quantization_config"]
+        bits = int(saved.get("bits", 4))
+        kernel = resolve_kernel(method, kernel, device, bits, str(path))
+        config = GPTQConfig(bits=bits) if method == "gptq" else AwqConfig(bits=bits)
+        # transformers copies these "loading attributes" onto the checkpoint's own config without
+        # validating them again, so any GPTQModel backend name gets through; AWQ kernels that AwqConfig
+        # knows by another name get that name, so a model saved again still passes AwqConfig's check.
+        config.backend = AWQ_CONFIG_NAMES.get(kernel, kernel) if method == "awq" else kernel
+        for name, value in load_options.items():
+            setattr(config, name, value)
+    elif method != "bitsandbytes":
+        raise ValueError(f"{path}: quantization method {method!r} is not one of {sorted(REQUIRES_BY_METHOD)}")
+    dtype = dtype if dtype is not None else default_dtype(Path(path), device)
+    with warnings.catch_warnings():
+        # "You passed `quantization_config` ... loading attributes will be overwritten": that is the point.
+        warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+        model = AutoModelForCausalLM.from_pretrained(
+            path, device_map=device, dtype=dtype, **({"quantization_config": config} if config is not None else {})
+        )
+    model.eval()
+    return model, method, kernel

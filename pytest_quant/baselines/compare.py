@@ -1,0 +1,99 @@
+"""Comparing a received record with a stored baseline, metric by metric, with direction-aware tolerances."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .record import BaselineFormatError, loads
+from .rules import QUALITY_KEYS, RULE, Rule
+
+
+@dataclass(frozen=True)
+class Comparison:
+    metric: Rule
+    measured: float
+    baseline: float
+    tolerance: float
+
+    def _bound(self, sign: int) -> float:
+        """sign -1: the worst value still accepted; +1: the best value not yet 'improved'."""
+        m, b, t = self.metric, self.baseline, self.tolerance
+        toward_better = sign if m.higher_is_better else -sign
+        return b * (1 + toward_better * t) if m.relative else b + toward_better * t
+
+    @property
+    def worst_accepted(self) -> float:
+        return self._bound(-1)
+
+    @property
+    def improved_beyond(self) -> float:
+        return self._bound(+1)
+
+    @property
+    def regressed(self) -> bool:
+        return self.measured < self.worst_accepted if self.metric.higher_is_better else self.measured > self.worst_accepted
+
+    @property
+    def improved(self) -> bool:
+        if self.metric.higher_is_better:
+            return self.measured > self.improved_beyond
+        return self.measured < self.improved_beyond
+
+    def sentence(self, where: str, path: str) -> str:
+        m = self.metric
+        if self.regressed:
+            word, sign, bound = ("below", "-", self.worst_accepted) if m.higher_is_better else ("above", "+", self.worst_accepted)
+        else:
+            word, sign, bound = "improved beyond", ("+" if m.higher_is_better else "-"), self.improved_beyond
+        return (f"{m.label} {m.show(self.measured)} {word} baseline {m.show(self.baseline)} {sign} "
+                f"{m.show_tolerance(self.tolerance)} = {m.show(bound)} {where} ({path})")
+
+
+@dataclass
+class Outcome:
+    problems: list[str] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+    reshaped: bool = False  # the file would be written differently (metrics added or dropped)
+    stored: dict[str, Any] | None = None
+
+    def matches(self, update: bool) -> bool:
+        if self.problems or any(c.regressed for c in self.comparisons):
+            return False
+        return not (update and (self.reshaped or any(c.improved for c in self.comparisons)))
+
+
+def compare(received: dict[str, Any], stored_text: str, tolerances: dict[str, float]) -> Outcome:
+    """Compare a received record with a stored baseline's text for the metrics in ``tolerances``."""
+    try:
+        stored = loads(stored_text)
+    except BaselineFormatError as exc:
+        return Outcome(problems=[str(exc)])
+    outcome = Outcome(stored=stored, reshaped=set(stored["metrics"]) != set(received["metrics"]))
+    if QUALITY_KEYS & set(tolerances):
+        then, now = stored["context"].get("eval"), received["context"].get("eval")
+        if then != now:
+            outcome.problems.append(f"measured on {_describe_eval(then)}, this run on {_describe_eval(now)}: quality "
+                                    "metrics are not comparable; use the baseline's --quant-eval-tokens and "
+                                    "--quant-eval-text, or refresh it with --snapshot-update")
+    if "decode_tokens_per_s" in tolerances:
+        then = (stored["context"].get("throughput") or {})
+        now = (received["context"].get("throughput") or {})
+        for name, default in (("decode_mode", "eager"), ("batch_size", 1)):
+            if then.get(name, default) != now.get(name, default):
+                outcome.problems.append(f"decode measured with {name} {then.get(name, default)!r}, this run with "
+                                        f"{now.get(name, default)!r}: decode speeds are not comparable; refresh it "
+                                        "with --snapshot-update")
+    for key, tolerance in tolerances.items():
+        if key not in stored["metrics"]:
+            outcome.problems.append(f"has no {key}: refresh with --snapshot-update")
+            continue
+        outcome.comparisons.append(Comparison(RULE[key], received["metrics"][key], stored["metrics"][key], tolerance))
+    return outcome
+
+
+def _describe_eval(ev: Any) -> str:
+    if not isinstance(ev, dict):
+        return "an unrecorded eval text"
+    sha = str(ev.get("text_sha256", "?"))[:12]
+    return f"{ev.get('tokens', '?')} tokens of {ev.get('text', '?')} (sha256 {sha}...)"

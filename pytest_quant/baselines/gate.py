@@ -1,0 +1,100 @@
+"""The baseline gate: compare a test's measurements with its stored baseline through syrupy's ``snapshot``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pytest
+
+from ..gates import Limits, Violation
+from ..metrics import Measurements
+from .compare import Outcome, compare
+from .extension import bound
+from .record import record
+from .rules import RULE, marker_rules
+from .settings import SETTINGS_KEY, BaselineSettings
+
+
+IMPROVED_PROPERTY = "quant.baseline_improved"
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    violations: list[Violation] = field(default_factory=list)
+    improved: list[str] = field(default_factory=list)  # sentences: metrics better than the baseline's tolerance
+    detail: str | None = None  # the "quant baseline" report section, when something regressed
+
+
+def check(item: pytest.Item, gated: tuple[Limits, ...], metrics: Measurements) -> BaselineResult:
+    """Compare the test's measurements with its stored baseline through syrupy's ``snapshot`` fixture.
+
+    One Violation per regressed metric or unusable baseline; a metric improved beyond its tolerance passes
+    and is listed, so the baseline can be refreshed.
+    """
+    result = _check(item, gated, metrics)
+    return result if isinstance(result, BaselineResult) else BaselineResult(result)
+
+
+def _check(item: pytest.Item, gated: tuple[Limits, ...], metrics: Measurements) -> "BaselineResult | list[Violation]":
+    if not gated:
+        return []
+    settings: BaselineSettings = item.config.stash[SETTINGS_KEY]
+    tolerances: dict[str, float] = {}
+    for limit in gated:
+        for metric in marker_rules(limit.marker):
+            tolerances[metric.key] = (limit.tolerance or {}).get(metric.key, settings.tolerance(metric.key))
+    marker = {key: RULE[key].marker for key in tolerances}
+    unmeasured = [key for key in tolerances if RULE[key].read(metrics) is None]
+    not_finite = [key for key in tolerances if key not in unmeasured and not math.isfinite(RULE[key].read(metrics))]
+    if unmeasured or not_finite:
+        return [Violation(marker[key], f"{key} {'was not measured' if key in unmeasured else 'is not finite'}: "
+                          f"nothing to compare with the baseline {metrics.where}", math.nan, math.nan, "")
+                for key in unmeasured + not_finite]
+
+    snapshot = item.funcargs.get("snapshot")
+    if snapshot is None:
+        return [Violation(gated[0].marker, f"{item.nodeid}: a vs='baseline' marker added after collection cannot be "
+                          "compared; add it at collection time (decorator, pytestmark or pytest_collection_modifyitems)",
+                          math.nan, math.nan, "")]
+    update = bool(snapshot.update_snapshots)
+    assertion = snapshot.use_extension(bound(tolerances, update))
+    path = assertion.extension.get_location(test_location=assertion.test_location, index=assertion.index)
+    shown = settings.show(path)
+    received = record(metrics, list(tolerances), settings)
+    assertion == received  # noqa: B015 - syrupy records the outcome
+    result = assertion.executions[assertion.num_executions - 1]
+    first = next(iter(marker.values()))
+
+    if result.created or result.updated:
+        return []
+    if result.exception is not None:
+        return [Violation(first, f"baseline {shown}: {type(result.exception).__name__}: {result.exception}",
+                          math.nan, math.nan, "")]
+    if result.recalled_data is None:
+        return [Violation(first, f"no baseline for {metrics.model}/{settings.hardware}: run with --snapshot-update "
+                          f"({shown})", math.nan, math.nan, "")]
+    outcome = compare(received, result.recalled_data, tolerances)
+    violations = [Violation(first, f"baseline {shown} {problem}" if problem.startswith("has no")
+                            else f"baseline {shown}: {problem}", math.nan, math.nan, "") for problem in outcome.problems]
+    for c in outcome.comparisons:
+        if c.regressed:
+            violations.append(Violation(c.metric.marker, c.sentence(metrics.where, shown), c.measured, c.worst_accepted,
+                                        c.metric.key))
+    improved = [c.sentence(metrics.where, shown) for c in outcome.comparisons if c.improved]
+    return BaselineResult(violations, improved, _detail(outcome, shown, settings) if violations else None)
+
+
+def _detail(outcome: Outcome, shown: str, settings: BaselineSettings) -> str:
+    lines = [f"baseline: {shown} (hardware key {settings.hardware})"]
+    for c in outcome.comparisons:
+        state = "regressed" if c.regressed else "improved beyond tolerance" if c.improved else "within tolerance"
+        lines.append(f"{c.metric.key}: measured {c.metric.show(c.measured)}, baseline {c.metric.show(c.baseline)}, "
+                     f"tolerance {c.metric.show_tolerance(c.tolerance)}: {state}")
+    if outcome.stored is not None:
+        then = outcome.stored["context"].get("versions", {})
+        now = settings.environment["versions"]
+        changed = [f"{k} {then.get(k, '-')} -> {now.get(k, '-')}" for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+        if changed:
+            lines.append("versions since the baseline: " + ", ".join(changed))
+    return "\n".join(lines)

@@ -1,0 +1,146 @@
+"""The one vocabulary: what is known of a model x recipe (``Measurements``) and the metric table
+(key with its unit, label, direction, decimals, how to read it) that gates, baselines, properties and
+reports all use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .units import format_bytes
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """Everything measured of one model x recipe so far, and of its model's unquantized reference.
+
+    ``vram``, ``throughput`` and ``quality`` are the frozen results of ``pytest_quant.measure``
+    (None until measured); ``reference`` is the reference's own Measurements (None for the reference
+    itself and for a pre-quantized checkpoint, which has none).
+    """
+
+    model: str
+    recipe: str
+    device: str
+    hardware: str = ""
+    kernel: str = ""
+    dtype: str = ""
+    cache: str = ""  # "hit", "miss", "rebuilt" or "" where nothing is cached
+    load_s: float | None = None
+    quantize_s: float | None = None
+    timing_s: float | None = None  # wall time of the throughput measurement, warm-up included
+    vram: Any = None  # measure.vram.VramMeasurement
+    throughput: Any = None  # measure.throughput.ThroughputMeasurement
+    quality: Any = None  # measure.quality.QualityMeasurement
+    roofline_fraction: float | None = None  # decode tokens/s over the memory-bandwidth bound (GPU)
+    other_batches: tuple = ()  # ThroughputMeasurements at batch sizes other than the session's default
+    reference: "Measurements | None" = None
+    is_reference: bool = False  # the unquantized model itself: limits relative to it do not apply
+
+    def throughput_at(self, batch: int | None):
+        """The throughput measured at ``batch`` sequences (None: the session's default batch)."""
+        if batch is None or (self.throughput is not None and self.throughput.batch_size == batch):
+            return self.throughput
+        return next((t for t in self.other_batches if t.batch_size == batch), None)
+
+    @property
+    def decode_mode(self) -> str | None:
+        return None if self.throughput is None else self.throughput.decode_mode
+
+    @property
+    def pair(self) -> str:
+        return f"{self.model}-{self.recipe}"
+
+    @property
+    def where(self) -> str:
+        return f"[{self.model}, {self.recipe}, {self.device}]"
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # unit in the name; the key in properties, reports and baseline files
+    label: str
+    unit: str
+    higher_is_better: bool | None  # None: not a quality direction (context figures)
+    decimals: int  # fixed precision wherever the raw number is written
+    read: Callable[[Measurements], float | None]
+    show: Callable[[float], str]
+
+    def value(self, m: Measurements) -> float | None:
+        value = self.read(m)
+        return None if value is None else round(float(value), self.decimals) if self.decimals else int(round(value))
+
+
+def _of(part: str, name: str) -> Callable[[Measurements], float | None]:
+    def read(m: Measurements) -> float | None:
+        obj = getattr(m, part)
+        return None if obj is None else getattr(obj, name, None)
+
+    return read
+
+
+def _delta_perplexity(m: Measurements) -> float | None:
+    if m.quality is None or m.reference is None or m.reference.quality is None:
+        return None
+    return m.quality.perplexity - m.reference.quality.perplexity
+
+
+def _reference_perplexity(m: Measurements) -> float | None:
+    return None if m.reference is None else _of("quality", "perplexity")(m.reference)
+
+
+def _roofline_percent(m: Measurements) -> float | None:
+    return None if m.roofline_fraction is None else 100.0 * m.roofline_fraction
+
+
+def _fixed(decimals: int, suffix: str = "", sign: bool = False) -> Callable[[float], str]:
+    return lambda v: f"{v:{'+' if sign else ''}.{decimals}f}{suffix}"
+
+
+METRICS: tuple[Metric, ...] = (
+    # What a deployer budgets: allocator memory the loaded model holds (GPU), the model footprint (CPU).
+    Metric("vram_resident_bytes", "VRAM resident", "bytes", False, 0, _of("vram", "resident_bytes"), format_bytes),
+    Metric("vram_generate_peak_bytes", "VRAM peak while generating", "bytes", False, 0,
+           _of("vram", "generate_peak_bytes"), format_bytes),
+    Metric("vram_footprint_bytes", "footprint", "bytes", False, 0, _of("vram", "footprint_bytes"), format_bytes),
+    Metric("vram_load_peak_bytes", "load peak", "bytes", None, 0, _of("vram", "load_peak_bytes"), format_bytes),
+    Metric("vram_eval_peak_bytes", "evaluation peak", "bytes", None, 0, _of("vram", "eval_peak_bytes"), format_bytes),
+    Metric("nvml_process_bytes", "NVML process", "bytes", None, 0, _of("vram", "nvml_process_bytes"), format_bytes),
+    Metric("prefill_tokens_per_s", "prefill", "tokens/s", True, 2, _of("throughput", "prefill_tokens_per_s"),
+           _fixed(1, " tok/s")),
+    Metric("decode_tokens_per_s", "decode", "tokens/s", True, 1, _of("throughput", "decode_tokens_per_s"),
+           _fixed(1, " tok/s")),
+    Metric("decode_tokens_per_s_per_sequence", "decode per sequence", "tokens/s", True, 1,
+           _of("throughput", "decode_tokens_per_s_per_sequence"), _fixed(1, " tok/s")),
+    Metric("decode_batch_size", "decode batch", "sequences", None, 0, _of("throughput", "batch_size"), str),
+    Metric("decode_spread_percent", "decode spread", "percent", None, 2, _of("throughput", "decode_spread_percent"),
+           _fixed(2, "%")),
+    Metric("decode_cv_percent", "decode CV", "percent", None, 2, _of("throughput", "decode_cv_percent"), _fixed(2, "%")),
+    Metric("roofline_percent", "% of bandwidth bound", "percent", True, 3, _roofline_percent, _fixed(2, "%")),
+    Metric("perplexity", "perplexity", "perplexity", False, 4, _of("quality", "perplexity"), _fixed(4)),
+    Metric("reference_perplexity", "reference perplexity", "perplexity", None, 4, _reference_perplexity, _fixed(4)),
+    Metric("delta_perplexity", "Δ perplexity", "perplexity", False, 4, _delta_perplexity, _fixed(4, sign=True)),
+    Metric("mean_kl_nats", "mean KL", "nats", False, 6, _of("quality", "mean_kl_nats"), _fixed(6, " nats")),
+    Metric("p99_kl_nats", "99th percentile KL", "nats", False, 6, _of("quality", "p99_kl_nats"), _fixed(6, " nats")),
+    Metric("top1_agreement_percent", "top-1 agreement", "percent", True, 3, _of("quality", "top1_agreement_percent"),
+           _fixed(2, "%")),
+    Metric("eval_tokens", "eval tokens", "tokens", None, 0, _of("quality", "tokens_scored"), str),
+    Metric("eval_s", "evaluation", "seconds", None, 3, _of("quality", "seconds"), _fixed(1, " s")),
+    Metric("load_s", "load", "seconds", None, 3, lambda m: m.load_s, _fixed(1, " s")),
+    Metric("quantize_s", "quantization", "seconds", None, 3, lambda m: m.quantize_s or None, _fixed(1, " s")),
+    Metric("timing_s", "timing", "seconds", None, 3, lambda m: m.timing_s, _fixed(1, " s")),
+)
+METRIC: dict[str, Metric] = {m.key: m for m in METRICS}
+# Text fields every row carries, beside the metrics.
+TEXT_FIELDS = ("pair", "model", "recipe", "device", "kernel", "dtype", "hardware", "cache", "decode_mode")
+
+
+def flat(m: Measurements) -> dict[str, Any]:
+    """The text fields and every measured metric of ``m``, raw numbers at their fixed precision."""
+    out: dict[str, Any] = {name: getattr(m, name) for name in TEXT_FIELDS}
+    out = {k: v for k, v in out.items() if v not in (None, "")}
+    for metric in METRICS:
+        value = metric.value(m)
+        if value is not None:
+            out[metric.key] = value
+    return out

@@ -1,0 +1,45 @@
+"""The one table of columns: the terminal summary and every report file read it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..units import format_bytes
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # the row key (a metric key of pytest_quant.metrics, or a text field)
+    title: str  # in report files
+    short: str  # in the terminal
+    fmt: Callable[[Any], str] = str
+    text: bool = False  # left-aligned words, not a number
+    terminal: bool = True  # the terminal keeps its width: some columns are in the files only
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("model", "model", "model", text=True),
+    Column("recipe", "recipe", "recipe", text=True),
+    Column("device", "device", "device", text=True),
+    Column("kernel", "kernel", "kernel", text=True),
+    Column("vram_resident_bytes", "VRAM resident (CPU: footprint)", "VRAM", format_bytes),
+    Column("vram_generate_peak_bytes", "VRAM peak generating", "gen peak", format_bytes, terminal=False),
+    Column("decode_tokens_per_s", "decode tok/s", "decode tok/s", lambda v: f"{v:.1f}"),
+    Column("decode_mode", "decode mode", "mode", text=True),
+    Column("roofline_percent", "% of bandwidth bound", "roofline %", lambda v: f"{v:.2f}"),
+    Column("perplexity", "perplexity", "ppl", lambda v: f"{v:.3f}"),
+    Column("delta_perplexity", "Δ perplexity", "Δppl", lambda v: f"{v:+.3f}"),
+    Column("mean_kl_nats", "mean KL (nats)", "mean KL", lambda v: f"{v:.5f}"),
+    Column("p99_kl_nats", "p99 KL (nats)", "p99 KL", lambda v: f"{v:.4f}", terminal=False),
+    Column("top1_agreement_percent", "top-1 %", "top-1 %", lambda v: f"{v:.2f}"),
+    Column("result", "result", "result", text=True),
+)
+
+
+def cells(rows: dict[str, dict[str, Any]], terminal: bool = False) -> tuple[list[str], list[list[str]], list[Column]]:
+    """The header, one row of formatted cells per model x recipe ("-": not measured), and the columns used."""
+    columns = [c for c in COLUMNS if c.terminal or not terminal]
+    header = [c.short if terminal else c.title for c in columns]
+    body = [[c.fmt(row[c.key]) if row.get(c.key) not in (None, "") else "-" for c in columns] for row in rows.values()]
+    return header, body, columns

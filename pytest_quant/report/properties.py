@@ -1,0 +1,27 @@
+"""Measurements as ``quant.*`` test properties (junit XML, xdist), and the failure detail section."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..metrics import Measurements, flat
+from ..units import format_bytes
+
+PREFIX = "quant."
+
+
+def properties(m: Measurements) -> list[tuple[str, Any]]:
+    """Flat ``quant.*`` properties of one model x recipe: what has been measured so far."""
+    return [(PREFIX + k, v) for k, v in flat(m).items()]
+
+
+def detail(m: Measurements) -> str:
+    """The detail section of a failed gate: every metric known for the pair and its reference."""
+    lines = [f"{k}: {v}" for k, v in flat(m).items()]
+    ref = m.reference
+    if ref is not None:
+        if ref.vram is not None:
+            lines.append(f"reference vram_resident_bytes: {ref.vram.resident_bytes} ({format_bytes(ref.vram.resident_bytes)})")
+        if ref.throughput is not None:
+            lines.append(f"reference decode_tokens_per_s: {ref.throughput.decode_tokens_per_s:.2f}")
+    return "\n".join(lines)
