@@ -1,0 +1,183 @@
+"""PyTorch dynamic int8 on CPU: ``nn.Linear`` weights to int8, activations quantized per call.
+
+Two implementations of the same scheme. ``api = "torch.ao"`` is the seeds' ``quantize_dynamic(model,
+{nn.Linear}, dtype=torch.qint8)``; torch deprecates it ("torch.ao.quantization is deprecated ... please
+migrate to use torchao eager mode quantize_ API") and keeps it for now. ``api = "torchao"`` is that
+successor: ``torchao.quantization.quantize_`` with ``Int8DynamicActivationInt8WeightConfig``.
+
+Neither keeps its int8 weights where ``get_memory_footprint`` looks (``quantize_dynamic`` moves them into
+packed params, torchao into tensor subclasses that report float32), so the loaded model carries a
+``get_memory_footprint`` that counts the bytes really stored; the figure is also in
+``notes["footprint_bytes"]``.
+"""
+
+from __future__ import annotations
+
+import time
+import types
+import warnings
+from typing import Any
+
+from . import Loaded, load_tokenizer
+
+REQUIRES: tuple[str, ...] = ()  # torch itself; api = "torchao" needs torchao
+INSTALL_HINT = "pip install 'pytest-quant[torchao]'"
+DEVICES = ("cpu",)
+FIELDS = frozenset({"api", "weight_dtype", "skip_modules"})
+APIS = ("torch.ao", "torchao")
+WEIGHT_DTYPES = {"torch.ao": ("qint8", "float16"), "torchao": ("qint8",)}
+DEFAULTS = {"api": "torch.ao", "weight_dtype": "qint8", "skip_modules": ()}
+
+# Built-in recipes this backend proposes: name -> (description, settings).
+RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "torch-dynamic-int8": (
+        "PyTorch dynamic int8 (torch.ao.quantization.quantize_dynamic of nn.Linear to qint8; deprecated by torch)",
+        {"api": "torch.ao"},
+    ),
+    "torchao-dynamic-int8": (
+        "PyTorch dynamic int8 through torchao quantize_ (Int8DynamicActivationInt8WeightConfig), "
+        "quantize_dynamic's successor",
+        {"api": "torchao"},
+    ),
+}
+
+
+def validate(settings: dict[str, Any]) -> None:
+    unknown = sorted(set(settings) - FIELDS - {"backend", "description"})
+    if unknown:
+        raise ValueError(f"torch_dynamic: unknown field(s) {unknown}; accepted: {sorted(FIELDS)}")
+    api = settings.get("api", DEFAULTS["api"])
+    if api not in APIS:
+        raise ValueError(f"torch_dynamic: api = {api!r} is not one of {list(APIS)}")
+    weight_dtype = settings.get("weight_dtype", DEFAULTS["weight_dtype"])
+    if weight_dtype not in WEIGHT_DTYPES[api]:
+        raise ValueError(
+            f"torch_dynamic: weight_dtype = {weight_dtype!r} is not accepted with api = {api!r}; "
+            f"accepted: {list(WEIGHT_DTYPES[api])}"
+        )
+    skip = settings.get("skip_modules", ())
+    if isinstance(skip, str) or not all(isinstance(s, str) for s in skip):
+        raise ValueError(f"torch_dynamic: skip_modules = {skip!r} must be a list of module names (e.g. ['lm_head'])")
+
+
+def load(request) -> Loaded:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not str(request.device).startswith("cpu"):
+        raise ValueError(f"torch_dynamic runs on CPU only (its int8 kernels are CPU kernels); got device {request.device!r}")
+    settings = {**DEFAULTS, **request.recipe.options}
+    validate(settings)
+    model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=torch.float32, device_map="cpu")
+    model.eval()
+    start = time.perf_counter()
+    notes: dict[str, Any] = {"api": settings["api"]}
+    skip = set(settings["skip_modules"])
+    if settings["api"] == "torch.ao":
+        notes["deprecation"] = _quantize_torch_ao(model, settings["weight_dtype"], skip)
+    else:
+        _quantize_torchao(model, skip)
+    seconds = time.perf_counter() - start
+    attach_footprint(model)
+    notes["footprint_bytes"] = model.get_memory_footprint()
+    return Loaded(
+        model,
+        load_tokenizer(request.model_path),
+        "float32",
+        kernel=kernel_name(model),
+        quantize_seconds=seconds,
+        notes=notes,
+    )
+
+
+def _quantize_torch_ao(model, weight_dtype: str, skip: set[str]) -> str:
+    """``quantize_dynamic`` in place; returns torch's deprecation warning text ("" if none)."""
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    dtype = torch.qint8 if weight_dtype == "qint8" else torch.float16
+    spec = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name not in skip}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecationWarning)
+        quantize_dynamic(model, spec, dtype=dtype, inplace=True)
+    for w in caught:  # the quantized-tensor deprecation (a UserWarning) is passed on as it came
+        if not issubclass(w.category, DeprecationWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return next((str(w.message).splitlines()[0] for w in caught if issubclass(w.category, DeprecationWarning)), "")
+
+
+def _quantize_torchao(model, skip: set[str]) -> None:
+    import torch
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    def wanted(module, fqn: str) -> bool:
+        return isinstance(module, torch.nn.Linear) and fqn not in skip
+
+    quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=wanted)
+
+
+def kernel_name(model) -> str:
+    """What ran in place of ``nn.Linear``: a quantized module's class, or a linear's weight subclass
+    (torchao keeps ``nn.Linear`` and swaps its weight), e.g. ``dynamic.Linear`` or
+    ``Linear(LinearActivationQuantizedTensor)``."""
+    import torch
+
+    names = set()
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            weight_type = type(module.weight.data) if isinstance(module.weight, torch.nn.Parameter) else type(module.weight)
+            if weight_type is not torch.Tensor:
+                names.add(f"Linear({weight_type.__name__})")
+        elif "linear" in type(module).__name__.lower() and "packedparams" not in type(module).__name__.lower():
+            names.add(module._get_name())
+    return ",".join(sorted(names)) or "Linear"
+
+
+# -- the real footprint --------------------------------------------------------------------------------
+
+def tensor_bytes(tensor) -> int:
+    """Bytes a tensor really stores: a tensor subclass (torchao's) counts the plain tensors inside it."""
+    import torch
+
+    flatten = getattr(type(tensor), "__tensor_flatten__", None)
+    if flatten is not None and type(tensor) is not torch.nn.Parameter and type(tensor) is not torch.Tensor:
+        names, _ = tensor.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(tensor, n)) for n in names)
+    if isinstance(tensor, torch.nn.Parameter) and type(tensor.data) is not torch.Tensor:
+        return tensor_bytes(tensor.data)
+    if tensor.is_quantized:
+        scales = 0
+        if tensor.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            scales = tensor.q_per_channel_scales().numel() * 8 + tensor.q_per_channel_zero_points().numel() * 8
+        return tensor.numel() * tensor.element_size() + scales
+    return tensor.numel() * tensor.element_size()
+
+
+def memory_footprint(model) -> int:
+    """Bytes of the model's parameters, buffers and dynamic-quantized packed weights, each storage once."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        key = _storage_key(tensor)
+        if key not in seen:
+            seen.add(key)
+            total += tensor_bytes(tensor)
+    for module in model.modules():
+        packed = getattr(module, "_packed_params", None)
+        if packed is not None and hasattr(packed, "_weight_bias"):
+            # Unpacked copies, made afresh by each call: counted per module, never deduplicated by address.
+            total += sum(tensor_bytes(t) for t in packed._weight_bias() if t is not None)
+    return total
+
+
+def _storage_key(tensor) -> int:
+    """The address of a plain tensor's storage (tied weights share it); a tensor subclass's identity."""
+    try:
+        return tensor.untyped_storage().data_ptr() or id(tensor)
+    except (RuntimeError, NotImplementedError, TypeError, AttributeError):
+        return id(tensor)
+
+
+def attach_footprint(model) -> None:
+    """Replace the model's ``get_memory_footprint`` with one that counts the bytes really stored."""
+    model.get_memory_footprint = types.MethodType(lambda self, return_buffers=True: memory_footprint(self), model)

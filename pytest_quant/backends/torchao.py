@@ -1,0 +1,172 @@
+"""torchao through transformers' ``TorchAoConfig``: int8/int4 weight-only, int8 dynamic, float8.
+
+Which run where (torchao 0.18, torch 2.14): on CPU int8 weight-only, int8 dynamic activation + int8
+weight, float8 weight-only and intx weight-only (int1-int8 in groups, stored unpacked in int8); int4
+weight-only (``Int4WeightOnlyConfig``) is CUDA only: its default "plain" format needs ``mslk`` (a CUDA
+library) and "tile_packed_to_4d" is tinygemm, bfloat16 on CUDA. float8 dynamic activation needs CUDA
+compute capability 8.9+ (Ada, Hopper). An unsupported pair fails before loading, naming the alternative.
+
+torchao keeps ``nn.Linear`` and swaps its weight for a tensor subclass that reports the float dtype, so
+``get_memory_footprint`` is replaced by one that counts the plain tensors inside each subclass.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from . import Loaded, default_dtype, load_tokenizer
+from .torch_dynamic import attach_footprint, kernel_name
+
+REQUIRES: tuple[str, ...] = ("torchao",)
+INSTALL_HINT = "pip install 'pytest-quant[torchao]'"
+DEVICES = ("cpu", "cuda")
+
+# quant_type -> device kinds it runs on
+QUANT_TYPES: dict[str, frozenset[str]] = {
+    "int8_weight_only": frozenset({"cpu", "cuda"}),
+    "int4_weight_only": frozenset({"cuda"}),
+    "int8_dynamic_activation_int8_weight": frozenset({"cpu", "cuda"}),
+    "float8_weight_only": frozenset({"cpu", "cuda"}),
+    "float8_dynamic_activation_float8_weight": frozenset({"cuda"}),  # compute capability >= 8.9
+    "intx_weight_only": frozenset({"cpu", "cuda"}),
+}
+INT4_PACKING_FORMATS = ("tile_packed_to_4d", "plain", "preshuffled", "plain_int32")
+DTYPES = ("float32", "bfloat16", "float16")
+FIELDS = frozenset(
+    {
+        "quant_type",
+        "group_size",
+        "bits",
+        "int4_packing_format",
+        "dtype",
+        "modules_to_not_convert",
+        "include_input_output_embeddings",
+        "untie_embedding_weights",
+    }
+)
+
+RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "torchao-int8wo": ("torchao int8 weight-only, per channel", {"quant_type": "int8_weight_only"}),
+    "torchao-int4wo-g128": (
+        "torchao int4 weight-only, group size 128 (tinygemm, bfloat16; CUDA)",
+        {"quant_type": "int4_weight_only", "group_size": 128},
+    ),
+    "torchao-int8dq": (
+        "torchao int8 dynamic activation + int8 weight",
+        {"quant_type": "int8_dynamic_activation_int8_weight"},
+    ),
+    "torchao-intx-w4g128": (
+        "torchao int4 weight-only in groups of 128 on any device (IntxWeightOnlyConfig, stored as int8)",
+        {"quant_type": "intx_weight_only", "bits": 4, "group_size": 128},
+    ),
+    "torchao-fp8": (
+        "torchao float8 dynamic activation + float8 weight (CUDA compute capability 8.9+: Ada, Hopper)",
+        {"quant_type": "float8_dynamic_activation_float8_weight"},
+    ),
+}
+
+
+def validate(settings: dict[str, Any]) -> None:
+    unknown = sorted(set(settings) - FIELDS - {"backend", "description"})
+    if unknown:
+        raise ValueError(f"torchao: unknown field(s) {unknown}; accepted: {sorted(FIELDS)}")
+    quant_type = settings.get("quant_type")
+    if quant_type not in QUANT_TYPES:
+        raise ValueError(f"torchao: quant_type = {quant_type!r} is not one of {sorted(QUANT_TYPES)}")
+    group_size = settings.get("group_size")
+    if group_size is not None and (not isinstance(group_size, int) or group_size < 1):
+        raise ValueError(f"torchao: group_size = {group_size!r} must be a positive integer (e.g. 32, 64, 128)")
+    if group_size is not None and quant_type not in ("int4_weight_only", "intx_weight_only", "int8_weight_only"):
+        raise ValueError(f"torchao: group_size is not accepted with quant_type = {quant_type!r}")
+    bits = settings.get("bits")
+    if bits is not None and (quant_type != "intx_weight_only" or bits not in range(1, 9)):
+        raise ValueError(f"torchao: bits = {bits!r} is accepted only with quant_type = 'intx_weight_only', as 1..8")
+    packing = settings.get("int4_packing_format")
+    if packing is not None and (quant_type != "int4_weight_only" or packing not in INT4_PACKING_FORMATS):
+        raise ValueError(
+            f"torchao: int4_packing_format = {packing!r} is accepted only with quant_type = 'int4_weight_only', "
+            f"as one of {list(INT4_PACKING_FORMATS)}"
+        )
+    dtype = settings.get("dtype")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"torchao: dtype = {dtype!r} is not one of {list(DTYPES)}")
+
+
+def check_device(quant_type: str, device: str) -> None:
+    """Raise ValueError when ``quant_type`` cannot run on ``device`` with this torchao (before loading)."""
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    if kind not in QUANT_TYPES[quant_type]:
+        alternative = " (on CPU use quant_type = 'intx_weight_only' with bits = 4)" if quant_type == "int4_weight_only" else ""
+        raise ValueError(f"torchao: quant_type = {quant_type!r} needs CUDA; device is {device!r}{alternative}")
+    if quant_type == "float8_dynamic_activation_float8_weight":
+        import torch
+
+        capability = torch.cuda.get_device_capability(torch.device(device))
+        if capability < (8, 9):
+            raise ValueError(
+                f"torchao: float8 dynamic activation needs CUDA compute capability 8.9+ (Ada, Hopper); "
+                f"{device} has {capability[0]}.{capability[1]}"
+            )
+
+
+def quant_config(settings: dict[str, Any]):
+    """The torchao ``AOBaseConfig`` a recipe names."""
+    import torch
+    import torchao.quantization as tq
+
+    quant_type = settings["quant_type"]
+    group_size = settings.get("group_size")
+    if quant_type == "int8_weight_only":
+        return tq.Int8WeightOnlyConfig(group_size=group_size)
+    if quant_type == "int4_weight_only":
+        packing = settings.get("int4_packing_format", "tile_packed_to_4d")
+        return tq.Int4WeightOnlyConfig(group_size=group_size or 128, int4_packing_format=packing)
+    if quant_type == "int8_dynamic_activation_int8_weight":
+        return tq.Int8DynamicActivationInt8WeightConfig()
+    if quant_type == "float8_weight_only":
+        return tq.Float8WeightOnlyConfig()
+    if quant_type == "float8_dynamic_activation_float8_weight":
+        from torchao.quantization.granularity import PerRow
+
+        return tq.Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    from torchao.quantization.granularity import PerGroup
+
+    bits = int(settings.get("bits", 4))
+    return tq.IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{bits}"), granularity=PerGroup(group_size or 128))
+
+
+def load(request) -> Loaded:
+    import torch
+    from transformers import AutoModelForCausalLM, TorchAoConfig
+
+    settings = dict(request.recipe.options)
+    validate(settings)
+    check_device(settings["quant_type"], request.device)
+    if settings.get("dtype"):
+        dtype = getattr(torch, settings["dtype"])
+    elif settings["quant_type"] == "int4_weight_only" and settings.get("int4_packing_format", "tile_packed_to_4d") == "tile_packed_to_4d":
+        dtype = torch.bfloat16  # tinygemm takes bfloat16 only
+    else:
+        dtype = default_dtype(request.model_path, request.device)
+    passthrough = {
+        k: settings[k]
+        for k in ("modules_to_not_convert", "include_input_output_embeddings", "untie_embedding_weights")
+        if k in settings
+    }
+    config = TorchAoConfig(quant_config(settings), **passthrough)
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(
+        request.model_path, quantization_config=config, dtype=dtype, device_map=request.device
+    )
+    model.eval()
+    seconds = time.perf_counter() - start  # quantization happens inside the load
+    attach_footprint(model)
+    return Loaded(
+        model,
+        load_tokenizer(request.model_path),
+        str(dtype).removeprefix("torch."),
+        kernel=kernel_name(model),
+        quantize_seconds=seconds,
+        notes={"quant_type": settings["quant_type"], "footprint_bytes": model.get_memory_footprint()},
+    )
