@@ -144,7 +144,10 @@ def value_or_ini(config: pytest.Config, flag: str) -> Any:
     value = config.getoption(name)
     if value is not None:
         return value
-    raw = config.getini(name)
+    try:
+        raw = config.getini(name)
+    except (ValueError, pytest.UsageError) as exc:  # pytest's own parsing of a bool: "invalid truth value 'maybe'"
+        raise pytest.UsageError(f"ini {name}: {exc}; accepted: true or false") from None
     if raw is None or raw == "" or raw == []:
         return None
     try:

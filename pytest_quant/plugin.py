@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import pytest
 
-from . import gates, hookspecs
+from . import gates, hookspecs, startup
 from .backends import BUILTIN_BACKENDS, Registry
 from .baselines.plugin import BaselinePlugin, add_ini
 from .options import QuantOptions, add_options
 from .recipes import RecipeError, available_recipes
 from .report.properties import detail, properties
 from .report.summary import SummaryPlugin
-from .session import NEEDS, Pair, QuantModel, QuantSession
+from .session import NEEDS, Pair, QuantModel, QuantSession, few_tokens_note
 
 SESSION_KEY = pytest.StashKey[QuantSession]()
 MEASURED_KEY = pytest.StashKey["object"]()  # the Measurements recorded after a test body
@@ -36,7 +36,9 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, spec in gates.MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {spec.help}")
     config.addinivalue_line("markers", "quant_gpu: the test needs --quant-gpu (it skips without it)")
+    startup.check_space_form(config)  # before the options: the ini file they would be read from may be the wrong one
     options = QuantOptions.from_config(config)
+    startup.check_start(config, options)
     if options.gpu:
         from .hardware import cuda_problem
 
@@ -53,7 +55,10 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     for note in notes:
         config.issue_config_time_warning(pytest.PytestConfigWarning(note), stacklevel=2)
-    config.stash[SESSION_KEY] = QuantSession(options, recipes, registry, progress=_progress(config))
+    try:
+        config.stash[SESSION_KEY] = QuantSession(options, recipes, registry, progress=_progress(config))
+    except ValueError as exc:  # a model folder that changed since its option was parsed (an unreadable config.json)
+        raise pytest.UsageError(str(exc)) from None
     config.pluginmanager.register(SummaryPlugin(config, options), "quant-summary")
     # vs="baseline" markers compare with <baseline dir>/<model>/<hardware>/<test id>.json
     config.pluginmanager.register(
@@ -212,6 +217,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if not violations:
         return report
     reasons = "\n".join(v.reason for v in violations)
+    quality = getattr(measured, "quality", None)
+    few = quality and few_tokens_note(quality.tokens_scored, item.config.stash[SESSION_KEY].options.eval_tokens,
+                                      item.config.stash[SESSION_KEY].options.eval_text)
+    if few:
+        reasons += "\n" + few.removeprefix("pytest-quant: ")
     report.sections.append(("Captured quant metrics call", detail(measured)))
     report.sections.extend((f"Captured {title} call", text) for title, text in sections)
     if report.passed:

@@ -31,6 +31,7 @@ THROUGHPUT = {"cuda": dict(decode_tokens=128, repeats=5, warmup_runs=3), "cpu": 
 EVAL_BATCH_WINDOWS = 8
 RELEASE_SLACK_BYTES = 1 << 20
 NEEDS = ("quality", "vram", "throughput")
+FEW_TOKENS_DIVISOR = 2  # fewer than half the tokens asked for: warn (fail under --quant-strict)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,14 @@ class Pair:
     @property
     def id(self) -> str:
         return f"{self.model.name}-{self.recipe.name}"
+
+
+def few_tokens_note(scored: int, asked: int, text: Path) -> str | None:
+    """A warning when far fewer tokens are scored than --quant-eval-tokens asks for (a short eval text)."""
+    if scored * FEW_TOKENS_DIVISOR >= asked:
+        return None
+    return (f"pytest-quant: only {scored} tokens of {text} scored, of the {asked} asked for (--quant-eval-tokens): "
+            "perplexity and KL over so few tokens are mostly noise; give a longer --quant-eval-text")
 
 
 class QuantModel:
@@ -180,7 +189,16 @@ class QuantSession:
         key = qm._pair.model.name
         if key not in self._windows:
             spec = EvalSpec(text_path=self.options.eval_text, max_tokens=self.options.eval_tokens)
-            self._windows[key] = prepare(qm.tokenizer, spec, max_positions=model_max_positions(qm.model))
+            try:
+                windows = prepare(qm.tokenizer, spec, max_positions=model_max_positions(qm.model))
+            except ValueError as exc:  # too few tokens: the file and the count, without a traceback
+                pytest.fail(f"--quant-eval-text: {exc}", pytrace=False)
+            few = few_tokens_note(windows.tokens_scored, self.options.eval_tokens, spec.text_path)
+            if few and self.options.strict:
+                pytest.fail(f"{few} (--quant-strict)", pytrace=False)
+            if few:
+                warnings.warn(pytest.PytestWarning(few))
+            self._windows[key] = windows
         return self._windows[key]
 
     def measure(self, qm: QuantModel, needs: frozenset[str]) -> Measurements:

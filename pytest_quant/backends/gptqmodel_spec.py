@@ -179,6 +179,8 @@ def validate(settings: dict[str, Any]) -> None:
         raise ValueError(f"field 'calibration' is {calibration!r}: no such file")
     kernel = settings.get("kernel")
     if kernel is not None and importlib.util.find_spec("gptqmodel") is not None:
-        resolve_kernel(method, kernel, "cpu", bits, "")
+        known = available_kernels(method)
+        if not {str(kernel).strip().lower(), f"{method}_{str(kernel).strip().lower()}"} & set(known):
+            raise ValueError(f"field 'kernel' is {kernel!r}; accepted: {', '.join(known)} (GPTQModel's {method} kernels)")
     recipe = SimpleNamespace(name="", options=dict(settings), settings=_frozen(settings))
     spec_from_recipe(recipe, "cpu", resolve=False)

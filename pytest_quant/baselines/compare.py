@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from .record import BaselineFormatError, loads
 from .rules import QUALITY_KEYS, RULE, Rule
+
+# Context keys that say what was measured: a stored value that differs refuses the comparison.
+IDENTITY_KEYS = {"model_sha256": "model weights (sha256 of config.json and weight files)",
+                 "recipe_settings": "recipe settings"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,14 @@ def compare(received: dict[str, Any], stored_text: str, tolerances: dict[str, fl
             outcome.problems.append(f"measured on {_describe_eval(then)}, this run on {_describe_eval(now)}: quality "
                                     "metrics are not comparable; use the baseline's --quant-eval-tokens and "
                                     "--quant-eval-text, or refresh it with --snapshot-update")
+    for key, what in IDENTITY_KEYS.items():
+        then, now = stored["context"].get(key), received["context"].get(key)
+        if then is None and now is not None:
+            outcome.reshaped = True  # recorded before the plugin wrote it: --snapshot-update adds it
+        elif now is not None and then != now:
+            outcome.problems.append(f"recorded with {what} {_short(then)}, this run with {_short(now)}: it is the "
+                                    "baseline of another model or recipe under the same name; refresh it with "
+                                    "--snapshot-update")
     if "decode_tokens_per_s" in tolerances:
         then = (stored["context"].get("throughput") or {})
         now = (received["context"].get("throughput") or {})
@@ -90,6 +103,10 @@ def compare(received: dict[str, Any], stored_text: str, tolerances: dict[str, fl
             continue
         outcome.comparisons.append(Comparison(RULE[key], received["metrics"][key], stored["metrics"][key], tolerance))
     return outcome
+
+
+def _short(value: Any) -> str:
+    return f"{value[:12]}..." if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 def _describe_eval(ev: Any) -> str:

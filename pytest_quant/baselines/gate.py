@@ -11,7 +11,7 @@ from ..gates import Limits, Violation
 from ..metrics import Measurements
 from .compare import Outcome, compare
 from .extension import bound
-from .record import record
+from .record import identity, record
 from .rules import RULE, marker_rules
 from .settings import SETTINGS_KEY, BaselineSettings
 
@@ -61,7 +61,7 @@ def _check(item: pytest.Item, gated: tuple[Limits, ...], metrics: Measurements) 
     assertion = snapshot.use_extension(bound(tolerances, update))
     path = assertion.extension.get_location(test_location=assertion.test_location, index=assertion.index)
     shown = settings.show(path)
-    received = record(metrics, list(tolerances), settings)
+    received = record(metrics, list(tolerances), settings, _identity(item, settings))
     assertion == received  # noqa: B015 - syrupy records the outcome
     result = assertion.executions[assertion.num_executions - 1]
     first = next(iter(marker.values()))
@@ -83,6 +83,19 @@ def _check(item: pytest.Item, gated: tuple[Limits, ...], metrics: Measurements) 
                                         c.metric.key))
     improved = [c.sentence(metrics.where, shown) for c in outcome.comparisons if c.improved]
     return BaselineResult(violations, improved, _detail(outcome, shown, settings) if violations else None)
+
+
+def _identity(item: pytest.Item, settings: BaselineSettings) -> dict | None:
+    """The fingerprint of the test's model weights and recipe, computed once per session and pair."""
+    callspec = getattr(item, "callspec", None)
+    pair = callspec.params.get("quant_pair") if callspec is not None else None
+    if pair is None:
+        return None
+    if pair.id not in settings.identities:
+        cache = getattr(item.config, "cache", None)
+        memo_dir = cache.mkdir("quant") if cache is not None else None  # per-file hashes, kept across sessions
+        settings.identities[pair.id] = identity(pair.model.path, pair.recipe, memo_dir)
+    return settings.identities[pair.id]
 
 
 def _detail(outcome: Outcome, shown: str, settings: BaselineSettings) -> str:

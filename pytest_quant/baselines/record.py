@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 from ..metrics import Measurements
@@ -70,10 +72,22 @@ def loads(text: str) -> dict[str, Any]:
     return data
 
 
-def record(metrics: Measurements, keys: list[str], settings: BaselineSettings) -> dict[str, Any]:
+def identity(model_path: Path, recipe, memo_dir: Path | None = None) -> dict[str, Any]:
+    """What was measured, beyond its names: a sha256 over the model's config.json and weight files (per-file
+    hashes memoized by qcache), and the recipe's backend and settings. A baseline of other weights or another
+    recipe under the same names is not compared with."""
+    from ..qcache import model_fingerprint
+
+    files = model_fingerprint(Path(model_path), memo_dir)
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return {"model_sha256": digest, "recipe_settings": {"backend": recipe.backend, **recipe.options}}
+
+
+def record(metrics: Measurements, keys: list[str], settings: BaselineSettings,
+           identity: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a baseline stores for ``keys``: the measured values and the context needed to read them."""
     context: dict[str, Any] = {"model": metrics.model, "recipe": metrics.recipe, "device": metrics.device,
-                               **settings.environment}
+                               **settings.environment, **(identity or {})}
     if QUALITY_KEYS & set(keys):
         q = metrics.quality
         context["eval"] = {"text": settings.eval_text.name, "text_sha256": settings.eval_sha256,

@@ -30,6 +30,7 @@ class BaselineSettings:
     _hardware: str | None = None
     _environment: dict[str, Any] | None = None
     _eval_sha256: str | None = None
+    identities: dict[str, dict[str, Any]] = field(default_factory=dict)  # pair id -> record.identity(...), once
 
     @property
     def device_kind(self) -> str:

@@ -42,6 +42,16 @@ def resolve_model(value: str) -> ModelSource:
         )
     if not (path / "config.json").is_file():
         raise ValueError(f"--quant-model {value!r}: {path} has no config.json, so it is not a transformers model folder")
+    from ..backends.checkpoint import read_config
+    from ..qcache import WEIGHT_SUFFIXES
+
+    try:
+        read_config(path)
+    except ValueError as exc:
+        raise ValueError(f"--quant-model {value!r}: {exc}") from None
+    if not any(p.name.endswith(WEIGHT_SUFFIXES) for p in path.iterdir() if p.is_file()):
+        raise ValueError(f"--quant-model {value!r}: {path} has a config.json but no weight files "
+                         f"({', '.join('*' + s for s in WEIGHT_SUFFIXES)})")
     return ModelSource(_short_name(path), path.resolve())
 
 
