@@ -94,3 +94,22 @@ def test_auto_mode_captures_on_gpu_and_gives_the_memory_back(tiny_gpu) -> None:
     t = measure_throughput(tiny_gpu, PROMPT, decode_tokens=32, repeats=3, warmup_runs=1, batch_size=4)
     assert (t.decode_mode, t.fallback_reason, t.batch_size) == ("cuda-graph", None, 4)
     assert abs(release("cuda") - before) <= 2**20
+
+
+@gpu
+def test_llm_int8_falls_back_to_eager_by_itself_and_says_why() -> None:
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from pytest_quant.models import TINY_DIR
+
+    model = AutoModelForCausalLM.from_pretrained(
+        TINY_DIR, dtype=torch.float16, device_map="cuda", quantization_config=BitsAndBytesConfig(load_in_8bit=True)
+    ).eval()
+    t = measure_throughput(model, PROMPT, decode_tokens=8, repeats=2, warmup_runs=1)
+    if t.decode_mode == "cuda-graph":
+        pytest.skip("this bitsandbytes captures LLM.int8: nothing to fall back from")
+    assert t.decode_mode == "eager" and t.fallback_reason and t.decode_tokens_per_s > 0
+    with pytest.raises(RuntimeError, match="could not be captured"):
+        measure_throughput(model, PROMPT, decode_tokens=8, repeats=1, warmup_runs=0, mode="cuda-graph")
+    assert greedy_tokens(model, PROMPT, 4, "eager")  # the device still works after the failed captures
