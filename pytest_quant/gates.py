@@ -7,12 +7,15 @@ declares what it needs measured, so the plugin measures only what a test's marke
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import pytest
 
+from .limits import Limits, Violation
 from .metrics import Measurements
+from .quality_gates import (CONFIDENCE_KEYWORDS, DEFAULT_GENERATION_TOKENS, check_generation, check_kl,
+                            check_perplexity)
 from .units import format_bytes, parse_bytes
 
 
@@ -20,29 +23,7 @@ class MarkerError(ValueError):
     """A marker written with arguments that cannot be checked; the message names the bad value."""
 
 
-@dataclass(frozen=True)
-class Violation:
-    marker: str
-    reason: str  # one line: what was measured against which limit, with units
-    measured: float
-    limit: float
-    unit: str
-
-
 NEEDS = ("quality", "vram", "throughput")
-
-
-@dataclass(frozen=True)
-class Limits:
-    marker: str
-    values: dict[str, float] = field(default_factory=dict)
-    needs: frozenset[str] = frozenset()
-    reference_needs: frozenset[str] = frozenset()
-    # baselines (pytest_quant.baselines): vs="baseline" compares with the stored baseline
-    vs: str | None = None
-    tolerance: dict[str, float] | None = None  # metric -> tolerance given on the marker
-    notes: tuple[str, ...] = ()  # warnings about arguments that are valid but probably not meant
-    options: dict[str, Any] = field(default_factory=dict)  # non-numeric settings, e.g. vram_budget(phase=...)
 
 
 @dataclass(frozen=True)
@@ -95,6 +76,18 @@ def parse(spec: MarkerSpec, args: tuple, kwargs: dict[str, Any]) -> Limits:
             raise MarkerError(f"@pytest.mark.tokens_per_second(batch={batch!r}): expected a whole number >= 1")
         options["batch"] = batch
         needs = frozenset({f"throughput:{batch}"})
+    if name in CONFIDENCE_KEYWORDS and "confidence" in given:
+        options["confidence"] = _confidence(name, given.pop("confidence"), given)
+    if name == "generation_agreement":
+        tokens = given.pop("tokens", DEFAULT_GENERATION_TOKENS)
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+            raise MarkerError(f"@pytest.mark.generation_agreement(tokens={tokens!r}): expected a whole number >= 1")
+        options["tokens"] = tokens
+        needs = frozenset({f"generation:{tokens}"})
+        prefix = given.get("min_prefix_tokens")
+        if isinstance(prefix, (int, float)) and not isinstance(prefix, bool) and prefix > tokens:
+            raise MarkerError(f"@pytest.mark.generation_agreement(min_prefix_tokens={prefix!r}): more than the "
+                              f"{tokens} tokens compared (tokens={tokens})")
     if vs is not None and vs != "baseline":
         raise MarkerError(f"@pytest.mark.{name}(vs={vs!r}): the only comparison is vs='baseline'")
     if tolerance is not None:
@@ -110,7 +103,8 @@ def parse(spec: MarkerSpec, args: tuple, kwargs: dict[str, Any]) -> Limits:
     if unknown:
         raise MarkerError(
             f"@pytest.mark.{name}: unknown keyword(s) {', '.join(unknown)}; accepted: {', '.join(spec.keywords)}, "
-            + {"vram_budget": "phase, ", "tokens_per_second": "batch, "}.get(name, "") + "vs, tolerance"
+            + {"vram_budget": "phase, ", "tokens_per_second": "batch, ", "perplexity_delta": "confidence, ",
+               "kl_divergence": "confidence, ", "generation_agreement": "tokens, "}.get(name, "") + "vs, tolerance"
         )
     if not given and vs is None:
         raise MarkerError(f"@pytest.mark.{name} needs at least one limit: {', '.join(spec.keywords)} or vs='baseline'")
@@ -126,7 +120,7 @@ def parse(spec: MarkerSpec, args: tuple, kwargs: dict[str, Any]) -> Limits:
         else:
             # upper limits may be 0 (no worse at all); floors and ratios must be positive
             values[key] = _number(name, key, value, allow_zero=key.startswith("max"),
-                                  maximum=100.0 if key == "min_top1" else None)
+                                  maximum=100.0 if key in ("min_top1", "min_exact_percent") else None)
     reference_needs = frozenset(needs) if set(given) & spec.ratio_keywords else frozenset()
     notes = ()
     if name == "kl_divergence" and 0 < values.get("min_top1", 100.0) <= 1:
@@ -134,6 +128,16 @@ def parse(spec: MarkerSpec, args: tuple, kwargs: dict[str, Any]) -> Limits:
                  f"(0-100); did you mean min_top1={100 * given['min_top1']:g}?",)
     return Limits(name, values, frozenset(needs), reference_needs, vs=vs, tolerance=tolerance, notes=notes,
                   options=options)
+
+
+def _confidence(name: str, value: Any, given: dict[str, Any]) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.5 <= value < 1:
+        raise MarkerError(f"@pytest.mark.{name}(confidence={value!r}): expected a one-sided confidence level in "
+                          "[0.5, 1), such as 0.95")
+    if not set(given) & set(CONFIDENCE_KEYWORDS[name]):
+        raise MarkerError(f"@pytest.mark.{name}(confidence={value!r}) applies to {', '.join(CONFIDENCE_KEYWORDS[name])}; "
+                          "give one of them")
+    return float(value)
 
 
 def _pct(measured: float, limit: float) -> str:
@@ -191,36 +195,6 @@ def check_tokens_per_second(m: Measurements, limits: Limits) -> list[Violation]:
     return out
 
 
-def check_perplexity(m: Measurements, limits: Limits) -> list[Violation]:
-    out = []
-    ppl, ref = m.quality.perplexity, m.reference.quality.perplexity
-    delta = ppl - ref
-    limit = limits.values.get("max")
-    if limit is not None and delta > limit:
-        out.append(Violation("perplexity_delta", f"perplexity {ppl:.3f} is {delta:+.3f} over reference {ref:.3f}, "
-                             f"above max {limit:g} {m.where}", delta, limit, "perplexity"))
-    rel = limits.values.get("max_rel")
-    if rel is not None and delta / ref > rel:
-        out.append(Violation("perplexity_delta", f"perplexity {ppl:.3f} is {100 * delta / ref:+.2f}% over reference "
-                             f"{ref:.3f}, above max_rel {100 * rel:g}% {m.where}", delta / ref, rel, "fraction"))
-    return out
-
-
-def check_kl(m: Measurements, limits: Limits) -> list[Violation]:
-    q = m.quality
-    out = []
-    for key, value, label in (("max_mean", q.mean_kl_nats, "mean KL"), ("max_p99", q.p99_kl_nats, "99th percentile KL")):
-        limit = limits.values.get(key)
-        if limit is not None and value > limit:
-            out.append(Violation("kl_divergence", f"{label} {value:.5f} nats exceeds {key} {limit:g} nats {m.where}",
-                                 value, limit, "nats"))
-    floor = limits.values.get("min_top1")
-    if floor is not None and q.top1_agreement_percent < floor:
-        out.append(Violation("kl_divergence", f"top-1 agreement {q.top1_agreement_percent:.2f}% below min_top1 "
-                             f"{floor:g}% {m.where}", q.top1_agreement_percent, floor, "percent"))
-    return out
-
-
 MARKERS: dict[str, MarkerSpec] = {
     spec.name: spec
     for spec in (
@@ -232,11 +206,21 @@ MARKERS: dict[str, MarkerSpec] = {
                    help="tokens_per_second(min=..., min_ratio=...): decode tokens/s at least min, or at least "
                         "min_ratio x the reference measured in the same session; vs=\"baseline\" (tolerance=...) compares with the stored baseline", ratio_keywords=frozenset({"min_ratio"})),
         MarkerSpec("perplexity_delta", ("max", "max_rel"), frozenset({"quality"}), check_perplexity,
-                   help="perplexity_delta(max=..., max_rel=...): perplexity at most max above the reference's "
-                        "(max_rel: as a fraction of it); vs=\"baseline\" (tolerance=...) compares with the stored baseline", ratio_keywords=frozenset({"max", "max_rel"})),
-        MarkerSpec("kl_divergence", ("max_mean", "max_p99", "min_top1"), frozenset({"quality"}), check_kl,
-                   help="kl_divergence(max_mean=..., max_p99=..., min_top1=...): KL(reference || quantized) in nats "
-                        "per token and top-1 agreement in percent; vs=\"baseline\" (tolerance=...) compares with the stored baseline", ratio_keywords=frozenset({"max_mean", "max_p99", "min_top1"})),
+                   help="perplexity_delta(max=..., max_rel=..., confidence=...): perplexity at most max above the "
+                        "reference's (max_rel: as a fraction of it); confidence=0.95: its one-sided upper bound must be "
+                        "too; vs=\"baseline\" (tolerance=...) compares with the stored baseline", ratio_keywords=frozenset({"max", "max_rel"})),
+        MarkerSpec("kl_divergence", ("max_mean", "max_p99", "max_p999", "max_rms_delta_p", "min_top1"), frozenset({"quality"}),
+                   check_kl, help="kl_divergence(max_mean=..., max_p99=..., max_p999=..., max_rms_delta_p=..., min_top1=..., "
+                        "confidence=...): KL(reference || quantized) in nats per token, RMS of the correct token's "
+                        "probability change in points, top-1 agreement in percent; confidence=0.95: the one-sided bound "
+                        "of the mean, RMS and top-1 (Wilson) must pass too; vs=\"baseline\" (tolerance=...) compares "
+                        "with the stored baseline", ratio_keywords=frozenset({"max_mean", "max_p99", "max_p999",
+                                                                               "max_rms_delta_p", "min_top1"})),
+        MarkerSpec("generation_agreement", ("min_exact_percent", "min_prefix_tokens"), frozenset({"generation:32"}),
+                   check_generation, help="generation_agreement(min_exact_percent=..., min_prefix_tokens=..., tokens=32):"
+                        " greedy generations on the session's prompts (--quant-prompts) against the reference's: the "
+                        "percent whose first tokens are all equal, the mean tokens before the first divergence",
+                   ratio_keywords=frozenset({"min_exact_percent", "min_prefix_tokens"})),
     )
 }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .measure.stats import DELTA_P_PERCENTILES, KL_PERCENTILES
 from .units import format_bytes
 
 
@@ -34,6 +35,10 @@ class Measurements:
     quality: Any = None  # measure.quality.QualityMeasurement
     roofline_fraction: float | None = None  # decode tokens/s over the memory-bandwidth bound (GPU)
     other_batches: tuple = ()  # ThroughputMeasurements at batch sizes other than the session's default
+    # measure.stats.QualityStats from the evaluation's per-token scores, against the reference (the reference's
+    # own: against itself); None without a reference (a pre-quantized checkpoint)
+    stats: Any = None
+    generations: tuple = ()  # measure.generation.GenerationAgreement, one per number of tokens compared
     reference: "Measurements | None" = None
     is_reference: bool = False  # the unquantized model itself: limits relative to it do not apply
 
@@ -42,6 +47,23 @@ class Measurements:
         if batch is None or (self.throughput is not None and self.throughput.batch_size == batch):
             return self.throughput
         return next((t for t in self.other_batches if t.batch_size == batch), None)
+
+    def generation_at(self, tokens: int | None):
+        """The generation agreement over ``tokens`` generated tokens (None: the first measured)."""
+        return next((g for g in self.generations if tokens is None or g.tokens_compared == tokens), None)
+
+    @property
+    def generation(self):
+        return self.generation_at(None)
+
+    def has(self, need: str) -> bool:
+        """Whether a need ("quality", "vram", "throughput", "throughput:N", "generation:N") is measured."""
+        name, _, number = need.partition(":")
+        if name == "throughput":
+            return self.throughput_at(int(number) if number else None) is not None
+        if name == "generation":
+            return self.generation_at(int(number) if number else None) is not None
+        return getattr(self, name) is not None
 
     @property
     def decode_mode(self) -> str | None:
@@ -93,9 +115,63 @@ def _roofline_percent(m: Measurements) -> float | None:
     return None if m.roofline_fraction is None else 100.0 * m.roofline_fraction
 
 
+def _stat(name: str, relative: bool = False) -> Callable[[Measurements], float | None]:
+    """A figure of the QualityStats; ``relative`` ones (against the reference) are not shown for the reference."""
+    read = _of("stats", name)
+    return (lambda m: None if m.is_reference else read(m)) if relative else read
+
+
+def _generation(name: str) -> Callable[[Measurements], float | None]:
+    return lambda m: None if m.generation is None else getattr(m.generation, name)
+
+
 def _fixed(decimals: int, suffix: str = "", sign: bool = False) -> Callable[[float], str]:
     return lambda v: f"{v:{'+' if sign else ''}.{decimals}f}{suffix}"
 
+
+def _stats_metrics() -> tuple[Metric, ...]:
+    kl = _fixed(6, " nats")
+    pp = _fixed(4, " points")
+    out = [
+        Metric("perplexity_se", "perplexity SE", "perplexity", None, 4, _stat("perplexity_se"), _fixed(4)),
+        Metric("reference_perplexity_se", "reference perplexity SE", "perplexity", None, 4,
+               _stat("reference_perplexity_se", relative=True), _fixed(4)),
+        Metric("delta_perplexity_se", "Δ perplexity SE", "perplexity", None, 4,
+               _stat("perplexity_difference_se", relative=True), _fixed(4)),
+        Metric("ln_ppl_ratio", "ln(PPL/PPL reference)", "nats", False, 6, _stat("ln_perplexity_ratio", relative=True),
+               _fixed(6)),
+        Metric("ln_ppl_ratio_se", "ln(PPL/PPL reference) SE", "nats", None, 6,
+               _stat("ln_perplexity_ratio_se", relative=True), _fixed(6)),
+        Metric("ppl_ratio", "PPL/PPL reference", "ratio", False, 6, _stat("perplexity_ratio", relative=True), _fixed(6)),
+        Metric("ppl_ratio_se", "PPL/PPL reference SE", "ratio", None, 6, _stat("perplexity_ratio_se", relative=True),
+               _fixed(6)),
+        Metric("ln_ppl_correlation", "Cor(ln PPL, ln PPL reference)", "correlation", None, 6,
+               _stat("ln_perplexity_correlation", relative=True), _fixed(6)),
+        Metric("mean_kl_se_nats", "mean KL SE", "nats", None, 6, _stat("mean_kl_se_nats", relative=True), kl),
+        Metric("max_kl_nats", "max KL", "nats", False, 6, _stat("max_kl_nats", relative=True), kl),
+    ]
+    for name, percent in KL_PERCENTILES:
+        if name != "p99":  # p99_kl_nats is above, from the evaluation itself
+            out.append(Metric(f"{name}_kl_nats", f"{percent:g}th percentile KL" if name != "median" else "median KL",
+                              "nats", False if percent >= 50 else None, 6, _stat(f"{name}_kl_nats", relative=True), kl))
+    out.append(Metric("min_kl_nats", "min KL", "nats", None, 6, _stat("min_kl_nats", relative=True), kl))
+    for name, label in (("mean_delta_p_percent", "mean Δp"), ("mean_delta_p_se_percent", "mean Δp SE"),
+                        ("rms_delta_p_percent", "RMS Δp"), ("rms_delta_p_se_percent", "RMS Δp SE"),
+                        ("max_delta_p_percent", "max Δp")):
+        direction = False if name == "rms_delta_p_percent" else None
+        out.append(Metric(name, label, "percentage points", direction, 4, _stat(name, relative=True), pp))
+    for name, percent in DELTA_P_PERCENTILES:
+        label = f"{percent:g}th percentile Δp" if name != "median" else "median Δp"
+        out.append(Metric(f"{name}_delta_p_percent", label, "percentage points", None, 4,
+                          _stat(f"{name}_delta_p_percent", relative=True), pp))
+    out.append(Metric("min_delta_p_percent", "min Δp", "percentage points", None, 4,
+                      _stat("min_delta_p_percent", relative=True), pp))
+    out.append(Metric("top1_agreement_se_percent", "top-1 agreement SE", "percent", None, 3,
+                      _stat("top1_agreement_se_percent", relative=True), _fixed(3, " points")))
+    return tuple(out)
+
+
+_STATS = _stats_metrics()
 
 METRICS: tuple[Metric, ...] = (
     # What a deployer budgets: allocator memory the loaded model holds (GPU), the model footprint (CPU).
@@ -124,7 +200,19 @@ METRICS: tuple[Metric, ...] = (
     Metric("p99_kl_nats", "99th percentile KL", "nats", False, 6, _of("quality", "p99_kl_nats"), _fixed(6, " nats")),
     Metric("top1_agreement_percent", "top-1 agreement", "percent", True, 3, _of("quality", "top1_agreement_percent"),
            _fixed(2, "%")),
+    # llama.cpp's `perplexity --kl-divergence` set, from the same forward pass, with standard errors (_se)
+    *_STATS,
+    Metric("generation_exact_match_percent", "generations equal to the reference's", "percent", True, 2,
+           _generation("exact_match_percent"), _fixed(2, "%")),
+    Metric("generation_mean_prefix_tokens", "tokens before the first divergence", "tokens", True, 2,
+           _generation("mean_prefix_tokens"), _fixed(2, " tokens")),
+    Metric("generation_compared_tokens", "generated tokens compared", "tokens", None, 0,
+           _generation("tokens_compared"), str),
+    Metric("generation_prompts", "generation prompts", "prompts", None, 0, _generation("prompts"), str),
+    Metric("generation_tokens", "generated tokens", "tokens", None, 0, _generation("generated_tokens"), str),
+    Metric("generation_s", "generation", "seconds", None, 3, _generation("seconds"), _fixed(1, " s")),
     Metric("eval_tokens", "eval tokens", "tokens", None, 0, _of("quality", "tokens_scored"), str),
+    Metric("eval_batch_windows", "eval batch", "windows", None, 0, _of("quality", "eval_batch_windows"), str),
     Metric("eval_s", "evaluation", "seconds", None, 3, _of("quality", "seconds"), _fixed(1, " s")),
     Metric("load_s", "load", "seconds", None, 3, lambda m: m.load_s, _fixed(1, " s")),
     Metric("quantize_s", "quantization", "seconds", None, 3, lambda m: m.quantize_s or None, _fixed(1, " s")),

@@ -51,7 +51,7 @@ def parse_whole(flag: str, value: str, minimum: int) -> int:
     return n
 
 
-DEFAULT_TOP_K = 128
+DEFAULT_TOP_K = 256  # pytest_quant.measure.reference.DEFAULT_TOP_K: measured in benchmarks/bench_compact_kl.py
 
 
 def parse_top_k_option(value: str) -> int | str:
@@ -69,6 +69,18 @@ def parse_existing_file(flag: str) -> Callable[[str], Path]:
         return path
 
     return parse
+
+
+def parse_prompts_file(value: str) -> Path:
+    """A prompts file, read and checked now (a bad line is named as file:line), before any model loads."""
+    from .prompts import read_prompts
+
+    path = Path(value).expanduser()
+    try:
+        read_prompts(path)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--quant-prompts {value!r}: {exc}") from None
+    return path
 
 
 def parse_model(value: str) -> ModelSource:
@@ -120,6 +132,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--quant-baseline-dir", "folder of stored baselines (default: baselines)", Path),
     Option("--quant-cache-dir", "folder for quantized models (default: inside pytest's cache directory)", Path),
     Option("--quant-report", "write the summary to PATH: .md, .json or .html, with a plot beside it", Path),
+    Option("--quant-prompts", "prompts for generation_agreement: a text file, one prompt a line, or .jsonl with "
+           '"prompt" or chat "messages" (default: openings of the embedded held-out text)', parse_prompts_file),
 )
 
 
@@ -174,6 +188,7 @@ class QuantOptions:
     report: Path | None
     reference_top_k: int | str = DEFAULT_TOP_K
     decode_batch: int = 1
+    prompts: Path | None = None  # --quant-prompts; None: pytest_quant.prompts.default_prompts
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> "QuantOptions":
@@ -206,4 +221,5 @@ class QuantOptions:
             report=value_or_ini(config, "--quant-report"),
             reference_top_k=value_or_ini(config, "--quant-reference-top-k") or DEFAULT_TOP_K,
             decode_batch=value_or_ini(config, "--quant-decode-batch") or 1,
+            prompts=value_or_ini(config, "--quant-prompts"),
         )

@@ -2,7 +2,7 @@
 
 What to measure of a reference is decided once, after collection, from every collected test's markers
 (and whether a test asks for ``quant_reference``); its log-probabilities over the eval windows are kept
-for every recipe's KL divergence.
+for every recipe's KL divergence, and its greedy generations for every recipe's generation agreement.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ class References:
         self._session = session
         self.needs = ALWAYS | needs
         self._logprobs: dict[str, Any] = {}
+        self._generations: dict[tuple[str, int], Any] = {}  # (model, tokens) -> measure.generation.Generations
 
     def plan(self, needs: frozenset[str]) -> None:
         """What every reference must have measured: set once, after collection."""
@@ -34,7 +35,7 @@ class References:
 
     def measured(self, model: ModelSource) -> bool:
         m = self._session.known(self._session.reference_pair(model))
-        return model.name in self._logprobs and all(getattr(m, need) is not None for need in self.needs)
+        return model.name in self._logprobs and all(m.has(need) for need in self.needs)
 
     def ensure(self, model: ModelSource) -> Measurements:
         """The reference's measurements, loading and measuring it first when this session has not yet."""
@@ -55,3 +56,10 @@ class References:
     def logprobs(self, model: ModelSource) -> Any:
         """The reference's log-probabilities over the eval windows, or None for a model without a reference."""
         return self._logprobs.get(model.name)
+
+    def keep_generations(self, model: ModelSource, tokens: int, generations: Any) -> None:
+        self._generations[(model.name, tokens)] = generations
+
+    def generations(self, model: ModelSource, tokens: int) -> Any:
+        """The reference's greedy generations of ``tokens`` tokens on the session's prompts, or None."""
+        return self._generations.get((model.name, tokens))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -42,6 +43,24 @@ class Pair:
     @property
     def id(self) -> str:
         return f"{self.model.name}-{self.recipe.name}"
+
+
+def holders(obj) -> list[str]:
+    """What still references ``obj``: module globals by dotted name, any other holder by its type."""
+    import gc
+    import sys
+    import types
+
+    modules = {id(vars(m)): m.__name__ for m in list(sys.modules.values()) if hasattr(m, "__dict__")}
+    found = []
+    for ref in gc.get_referrers(obj):  # plain loops: a comprehension would hold obj in a cell of its own
+        if id(ref) in modules:
+            for name, value in list(ref.items()):
+                if value is obj:
+                    found.append(f"{modules[id(ref)]}.{name}")
+        elif not isinstance(ref, types.FrameType):
+            found.append(f"a {type(ref).__name__}")
+    return found
 
 
 def few_tokens_note(scored: int, asked: int, text: Path) -> str | None:
@@ -101,6 +120,7 @@ class QuantSession:
         self.references = References(self)
         self._known: dict[str, Measurements] = {}
         self._windows: dict[str, object] = {}
+        self._prompts = None
         self.live: QuantModel | None = None
 
     @staticmethod
@@ -174,12 +194,15 @@ class QuantSession:
         """Release a model and check that its GPU memory came back."""
         if self.live is qm:
             self.live = None
+        model = weakref.ref(qm.model) if qm.model is not None else lambda: None
         qm.model = qm.tokenizer = qm._tracker = None
         left = free_device_memory(self.options.device) - qm._allocated_before_bytes
         if left > RELEASE_SLACK_BYTES:
+            held = holders(model()) if model() is not None else []
             warnings.warn(pytest.PytestWarning(
                 f"pytest-quant: {format_bytes(left)} of GPU memory still allocated after releasing {qm._pair.id}; "
-                "something (a test, a global) still holds the model, and later VRAM figures may be inflated"))
+                + (f"the model is still held by {', '.join(held)}" if held else "something (a test, a global) "
+                   "still holds the model") + ", and later VRAM figures may be inflated"))
 
     # -- measuring -----------------------------------------------------------------------------
     def eval_windows(self, qm: QuantModel):
@@ -218,6 +241,8 @@ class QuantSession:
                 if self._known[pair.id].throughput_at(batch) is None:
                     with qm._tracker.phase("generate"):
                         self._measure_throughput(qm, batch)
+            elif need.startswith("generation:") and not self._known[pair.id].has(need):
+                self._measure_generation(qm, int(need.partition(":")[2]))
         after = self._known[pair.id]
         if ("vram" in needs and after.vram is None) or (after.vram is not None and after != before):
             self._update(pair, vram=qm._tracker.read(qm.model))
@@ -251,14 +276,60 @@ class QuantSession:
         windows = self.eval_windows(qm)
         self.progress(f"{pair.id}: evaluating {windows.tokens_scored} tokens in {len(windows.windows)} windows")
         if pair.recipe.is_reference:
-            quality, kept, _ = evaluate(qm.model, windows, EVAL_BATCH_WINDOWS,
-                                        keep_reference_top_k=self.options.reference_top_k)
+            quality, kept, scores = evaluate(qm.model, windows, EVAL_BATCH_WINDOWS,
+                                             keep_reference_top_k=self.options.reference_top_k)
             self.references.keep_logprobs(pair.model, kept)
             # against itself: zero divergence and full agreement, by definition
             quality = dataclasses.replace(quality, mean_kl_nats=0.0, p99_kl_nats=0.0, top1_agreement_percent=100.0)
         else:
             reference = self.references.logprobs(pair.model)  # None for a pre-quantized checkpoint
-            quality, _, _ = evaluate(qm.model, windows, EVAL_BATCH_WINDOWS, reference=reference)
-        self._update(pair, quality=quality)
+            quality, _, scores = evaluate(qm.model, windows, EVAL_BATCH_WINDOWS, reference=reference)
+        # only the statistics are kept, never the per-token arrays
+        self._update(pair, quality=quality, stats=_stats(scores, pair.recipe.is_reference))
         kl = f", mean KL {quality.mean_kl_nats:.5f} nats" if quality.mean_kl_nats is not None else ""
         self.progress(f"{pair.id}: perplexity {quality.perplexity:.3f}{kl} ({quality.seconds:.1f} s)")
+
+    def _measure_generation(self, qm: QuantModel, tokens: int) -> None:
+        """Greedy generations on the session's prompts, compared with the reference's (generated once per model
+        and number of tokens, kept by ``references``)."""
+        from .measure.generation import agreement, greedy_generate
+        from .prompts import render
+
+        pair = qm._pair
+        if not pair.recipe.is_reference and self.reference_pair(pair.model) is None:
+            return  # a pre-quantized checkpoint: no reference to agree with
+        prompts = self.prompts()
+        self.progress(f"{pair.id}: generating {tokens} tokens greedily from {len(prompts)} prompts")
+        generated = greedy_generate(qm.model, qm.tokenizer, [render(p, qm.tokenizer) for p in prompts], tokens)
+        if pair.recipe.is_reference:
+            self.references.keep_generations(pair.model, tokens, generated)
+        reference = self.references.generations(pair.model, tokens)
+        if reference is None:
+            raise RuntimeError(f"pytest-quant: the reference of {pair.model.name} generated no {tokens} tokens this "
+                               "session; a generation_agreement marker added after collection cannot be compared")
+        found = agreement(reference, generated, tokens, prompts=[p.display for p in prompts], tokenizer=qm.tokenizer)
+        self._update(pair, generations=self._known[pair.id].generations + (found,))
+        self.progress(f"{pair.id}: {found.exact_match_percent:.1f}% of generations equal the reference's, "
+                      f"{found.mean_prefix_tokens:.1f} tokens before the first divergence ({found.seconds:.1f} s)")
+
+    def prompts(self):
+        """The generation prompts: --quant-prompts, else openings of the embedded held-out text."""
+        from .prompts import default_prompts, read_prompts
+
+        if self._prompts is None:
+            path = self.options.prompts
+            self._prompts = read_prompts(path) if path is not None else default_prompts()
+        return self._prompts
+
+
+def _stats(scores, is_reference: bool):
+    """llama.cpp's statistics from the per-token scores; the reference's against itself (its own perplexity
+    with its SE); None without a reference (a pre-quantized checkpoint)."""
+    from .measure.stats import quality_stats
+
+    if is_reference:
+        n = len(scores.logprob_target)
+        return quality_stats(scores.logprob_target, scores.logprob_target, [0.0] * n, [True] * n)
+    if scores.reference_logprob_target is None:
+        return None
+    return quality_stats(scores.logprob_target, scores.reference_logprob_target, scores.kl_nats, scores.top1_match)

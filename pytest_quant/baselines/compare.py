@@ -12,6 +12,7 @@ from .rules import QUALITY_KEYS, RULE, Rule
 # Context keys that say what was measured: a stored value that differs refuses the comparison.
 IDENTITY_KEYS = {"model_sha256": "model weights (sha256 of config.json and weight files)",
                  "recipe_settings": "recipe settings"}
+RECORDED_BEFORE_BATCH = 8  # the plugin's evaluation batch (session.EVAL_BATCH_WINDOWS) until baselines recorded it
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,11 @@ def compare(received: dict[str, Any], stored_text: str, tolerances: dict[str, fl
         return Outcome(problems=[str(exc)])
     outcome = Outcome(stored=stored, reshaped=set(stored["metrics"]) != set(received["metrics"]))
     if QUALITY_KEYS & set(tolerances):
-        then, now = stored["context"].get("eval"), received["context"].get("eval")
+        then, now = _with_batch(stored["context"].get("eval")), _with_batch(received["context"].get("eval"))
         if then != now:
             outcome.problems.append(f"measured on {_describe_eval(then)}, this run on {_describe_eval(now)}: quality "
-                                    "metrics are not comparable; use the baseline's --quant-eval-tokens and "
-                                    "--quant-eval-text, or refresh it with --snapshot-update")
+                                    "metrics are not comparable; use the baseline's --quant-eval-tokens, "
+                                    "--quant-eval-text and evaluation batch, or refresh it with --snapshot-update")
     for key, what in IDENTITY_KEYS.items():
         then, now = stored["context"].get(key), received["context"].get(key)
         if then is None and now is not None:
@@ -113,4 +114,10 @@ def _describe_eval(ev: Any) -> str:
     if not isinstance(ev, dict):
         return "an unrecorded eval text"
     sha = str(ev.get("text_sha256", "?"))[:12]
-    return f"{ev.get('tokens', '?')} tokens of {ev.get('text', '?')} (sha256 {sha}...)"
+    return (f"{ev.get('tokens', '?')} tokens of {ev.get('text', '?')} (sha256 {sha}...), "
+            f"{ev.get('batch_windows', '?')} windows a batch")
+
+
+def _with_batch(ev: Any) -> Any:
+    """Baselines recorded before the batch was: every one of them was evaluated 8 windows a batch."""
+    return {**ev, "batch_windows": ev.get("batch_windows", RECORDED_BEFORE_BATCH)} if isinstance(ev, dict) else ev

@@ -8,12 +8,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..metrics import Measurements
+from ..metrics import METRIC, Measurements
 from .rules import QUALITY_KEYS, RULE
 from .settings import BaselineSettings
 
 FORMAT_VERSION = 1
 CONTEXT_DECIMALS = {"decode_cv_percent": 2}
+STANDARD_ERRORS = ("perplexity_se", "delta_perplexity_se", "ln_ppl_ratio_se", "mean_kl_se_nats",
+                   "top1_agreement_se_percent")
+CONTEXT_DECIMALS.update({key: METRIC[key].decimals for key in STANDARD_ERRORS})
 # Keys earlier versions wrote, and why they no longer compare.
 OLD_KEYS = {"vram_peak_bytes": "recorded with the old VRAM definition (the peak over load + evaluation, which "
                                "counted the plugin's evaluation workspace); VRAM is now what the loaded model holds"}
@@ -90,8 +93,13 @@ def record(metrics: Measurements, keys: list[str], settings: BaselineSettings,
                                **settings.environment, **(identity or {})}
     if QUALITY_KEYS & set(keys):
         q = metrics.quality
+        # LLM.int8 picks its outlier columns over the whole batch: a different batch is not comparable
         context["eval"] = {"text": settings.eval_text.name, "text_sha256": settings.eval_sha256,
-                           "tokens": q.tokens_scored, "context_tokens": q.context_tokens}
+                           "tokens": q.tokens_scored, "context_tokens": q.context_tokens,
+                           "batch_windows": q.eval_batch_windows}
+        # the standard errors beside the figures, to read a difference by; never compared
+        errors = {key: METRIC[key].value(metrics) for key in STANDARD_ERRORS}
+        context["standard_errors"] = {k: v for k, v in errors.items() if v is not None}
     if "decode_tokens_per_s" in keys:
         t = metrics.throughput
         context["throughput"] = {"prompt_tokens": t.prompt_tokens, "decode_tokens": t.decode_tokens,

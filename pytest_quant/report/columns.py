@@ -16,6 +16,7 @@ class Column:
     fmt: Callable[[Any], str] = str
     text: bool = False  # left-aligned words, not a number
     terminal: bool = True  # the terminal keeps its width: some columns are in the files only
+    se: str | None = None  # the row key of its standard error, shown after it as "±SE" (two significant digits)
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -28,11 +29,18 @@ COLUMNS: tuple[Column, ...] = (
     Column("decode_tokens_per_s", "decode tok/s", "decode tok/s", lambda v: f"{v:.1f}"),
     Column("decode_mode", "decode mode", "mode", text=True),
     Column("roofline_percent", "% of bandwidth bound", "roofline %", lambda v: f"{v:.2f}"),
-    Column("perplexity", "perplexity", "ppl", lambda v: f"{v:.3f}"),
-    Column("delta_perplexity", "Δ perplexity", "Δppl", lambda v: f"{v:+.3f}"),
-    Column("mean_kl_nats", "mean KL (nats)", "mean KL", lambda v: f"{v:.5f}"),
+    Column("perplexity", "perplexity", "ppl", lambda v: f"{v:.3f}", se="perplexity_se"),
+    # the paired SE: far below the perplexities' own, as both models stumble on the same tokens
+    Column("delta_perplexity", "Δ perplexity", "Δppl", lambda v: f"{v:+.3f}", se="delta_perplexity_se"),
+    Column("mean_kl_nats", "mean KL (nats)", "mean KL", lambda v: f"{v:.5f}", se="mean_kl_se_nats"),
     Column("p99_kl_nats", "p99 KL (nats)", "p99 KL", lambda v: f"{v:.4f}", terminal=False),
-    Column("top1_agreement_percent", "top-1 %", "top-1 %", lambda v: f"{v:.2f}"),
+    Column("p999_kl_nats", "p99.9 KL (nats)", "p99.9 KL", lambda v: f"{v:.4f}", terminal=False),
+    Column("max_kl_nats", "max KL (nats)", "max KL", lambda v: f"{v:.4f}", terminal=False),
+    Column("rms_delta_p_percent", "RMS Δp (points)", "RMS Δp", lambda v: f"{v:.3f}", terminal=False,
+           se="rms_delta_p_se_percent"),
+    Column("top1_agreement_percent", "top-1 %", "top-1 %", lambda v: f"{v:.2f}", se="top1_agreement_se_percent"),
+    Column("generation_exact_match_percent", "generations equal %", "gen =%", lambda v: f"{v:.1f}", terminal=False),
+    Column("generation_mean_prefix_tokens", "tokens to divergence", "gen prefix", lambda v: f"{v:.1f}", terminal=False),
     Column("result", "result", "result", text=True),
 )
 
@@ -41,5 +49,13 @@ def cells(rows: dict[str, dict[str, Any]], terminal: bool = False) -> tuple[list
     """The header, one row of formatted cells per model x recipe ("-": not measured), and the columns used."""
     columns = [c for c in COLUMNS if c.terminal or not terminal]
     header = [c.short if terminal else c.title for c in columns]
-    body = [[c.fmt(row[c.key]) if row.get(c.key) not in (None, "") else "-" for c in columns] for row in rows.values()]
+    body = [[_cell(c, row) for c in columns] for row in rows.values()]
     return header, body, columns
+
+
+def _cell(column: Column, row: dict[str, Any]) -> str:
+    value = row.get(column.key)
+    if value in (None, ""):
+        return "-"
+    se = row.get(column.se) if column.se else None
+    return column.fmt(value) + (f"±{se:.2g}" if isinstance(se, (int, float)) and se > 0 else "")

@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import __version__
 from .columns import cells
+from .properties import SAMPLE
 from .rows import Rows
 
 TITLE = "pytest-quant report"
@@ -26,13 +27,15 @@ class RunInfo:
     eval_text: str = ""
     args: tuple[str, ...] = ()
     version: str = __version__
+    eval_batch_windows: tuple[int, ...] = ()  # windows per forward pass: LLM.int8's figures move with it
 
     @classmethod
     def of(cls, rows: Rows, *, started: datetime, device: str, eval_text: str = "", args=()) -> "RunInfo":
         def seen(key: str) -> tuple:
             return tuple(dict.fromkeys(r[key] for r in rows.pairs.values() if r.get(key) not in (None, "")))
 
-        return cls(started, seen("device") or (device,), seen("hardware"), seen("eval_tokens"), eval_text, tuple(args))
+        return cls(started, seen("device") or (device,), seen("hardware"), seen("eval_tokens"), eval_text, tuple(args),
+                   eval_batch_windows=seen("eval_batch_windows"))
 
     def items(self) -> list[tuple[str, str]]:
         """(label, text) lines of the report's header."""
@@ -42,7 +45,9 @@ class RunInfo:
             out.append(("hardware", ", ".join(self.hardware)))
         if self.eval_tokens:
             tokens = ", ".join(str(n) for n in self.eval_tokens)
-            out.append(("eval tokens", f"{tokens} of {self.eval_text}" if self.eval_text else tokens))
+            batch = ", ".join(str(n) for n in self.eval_batch_windows)
+            batch = f", {batch} windows a batch" if batch else ""
+            out.append(("eval tokens", (f"{tokens} of {self.eval_text}" if self.eval_text else tokens) + batch))
         if self.args:
             out.append(("command", "pytest " + shlex.join(self.args)))
         return out
@@ -55,11 +60,25 @@ class RunInfo:
             "hardware": list(self.hardware),
             "eval_tokens": list(self.eval_tokens),
             "eval_text": self.eval_text,
+            "eval_batch_windows": list(self.eval_batch_windows),
             "args": list(self.args),
         }
 
 
 # -- the documents --------------------------------------------------------------------------------
+def generation_samples(rows: Rows) -> list[tuple[str, str, Any, list[tuple[str, str]]]]:
+    """Per model: the first prompt, the tokens compared, and (recipe, output) with the reference's first."""
+    out = []
+    for model in dict.fromkeys(r.get("model") for r in rows.pairs.values()):
+        mine = [r for r in rows.pairs.values() if r.get("model") == model and isinstance(r.get(SAMPLE), dict)]
+        if mine:
+            first = mine[0][SAMPLE]
+            outputs = [("reference", first["reference"])]
+            outputs += [(r["recipe"], r[SAMPLE]["output"]) for r in mine if r.get("recipe") != "reference"]
+            out.append((model, first["prompt"], mine[0].get("generation_compared_tokens", "?"), outputs))
+    return out
+
+
 def markdown_table(rows: Rows) -> list[str]:
     header, body, columns = cells(rows.pairs)
     align = ["---" if c.text else "---:" for c in columns]
@@ -73,6 +92,10 @@ def markdown(rows: Rows, info: RunInfo, plot_name: str | None = None, plot_note:
     lines += ["", *markdown_table(rows), ""]
     if not rows.pairs:
         lines += ["No model x recipe was measured.", ""]
+    for model, prompt, tokens, outputs in generation_samples(rows):
+        cell = lambda t: t.replace("|", "\\|").replace("\n", " ↵ ")  # noqa: E731
+        lines += [f"### {model}: greedy outputs, first {tokens} tokens", "", f"Prompt: {cell(prompt)}", "",
+                  "| recipe | output |", "| --- | --- |", *(f"| {r} | {cell(t)} |" for r, t in outputs), ""]
     if plot_name:
         lines += [f"![{PLOT_TITLE}]({plot_name})", ""]
     elif plot_note:
@@ -100,6 +123,7 @@ table{border-collapse:collapse;font-variant-numeric:tabular-nums;margin-bottom:1
 th,td{padding:.35rem .75rem;border-bottom:1px solid #d1d9e0;text-align:left;white-space:nowrap}
 th{background:#f6f8fa}.num{text-align:right}
 td.pass{color:#1a7f37;font-weight:600}td.fail{color:#d1242f;font-weight:600}tr.fail td{background:#fff0ee}
+td.out{white-space:pre-wrap;max-width:50rem}
 figure{margin:0}figure svg{max-width:100%;height:auto}figcaption{color:#59636e}
 """.strip()
 
@@ -126,6 +150,10 @@ def html_document(rows: Rows, info: RunInfo, svg: str | None = None, plot_note: 
     ]
     if not rows.pairs:
         parts.append("<p>No model x recipe was measured.</p>")
+    for model, prompt, tokens, outputs in generation_samples(rows):
+        trs = "".join(f"<tr><td>{esc(r)}</td><td class=\"out\">{esc(t)}</td></tr>" for r, t in outputs)
+        parts += [f"<h2>{esc(model)}: greedy outputs, first {tokens} tokens</h2>", f"<p>Prompt: {esc(prompt)}</p>",
+                  f"<table><thead><tr><th>recipe</th><th>output</th></tr></thead><tbody>{trs}</tbody></table>"]
     if svg:
         parts.append(f"<figure>{svg}<figcaption>{esc(PLOT_TITLE)}</figcaption></figure>")
     elif plot_note:

@@ -10,9 +10,17 @@ from ..units import format_bytes
 PREFIX = "quant."
 
 
+SAMPLE = "generation_sample"
+
+
 def properties(m: Measurements) -> list[tuple[str, Any]]:
-    """Flat ``quant.*`` properties of one model x recipe: what has been measured so far."""
-    return [(PREFIX + k, v) for k, v in flat(m).items()]
+    """Flat ``quant.*`` properties of one model x recipe: what has been measured so far, and the first prompt's
+    generations beside the reference's (``quant.generation_sample``), for the report's side-by-side table."""
+    out = [(PREFIX + k, v) for k, v in flat(m).items()]
+    if m.generation is not None and m.generation.samples:
+        prompt, reference, output = m.generation.samples[0]
+        out.append((PREFIX + SAMPLE, {"prompt": prompt, "reference": reference, "output": output}))
+    return out
 
 
 def detail(m: Measurements) -> str:
