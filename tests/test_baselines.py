@@ -399,12 +399,12 @@ def test_quality_and_vram_regressions_are_direction_aware(run_quant, pytester: p
         rf"mean KL \d\.\d{{6}} nats above baseline \d\.\d{{6}} nats \+ 0\.001 nats = \d\.\d{{6}} nats {where}",
         rf"top-1 agreement \d+\.\d\d% below baseline \d+\.\d\d% - 0\.5 points = \d+\.\d\d% {where}",
         rf"perplexity \d+\.\d{{4}} above baseline \d+\.\d{{4}} \+ 0\.05 = \d+\.\d{{4}} {where}",
-        rf"VRAM peak \d+\.\d\d MiB above baseline \d+\.\d\d MiB \+ 2% = \d+\.\d\d MiB {where}",
+        rf"VRAM resident \d+\.\d\d MiB above baseline \d+\.\d\d MiB \+ 2% = \d+\.\d\d MiB {where}",
     ])
     assert "99th percentile KL" not in result.stdout.str().split("Captured quant baseline")[0]  # within its 0.01
     result.stdout.fnmatch_lines(["*improved beyond tolerance: refresh with --snapshot-update*",
                                  "*perplexity * improved beyond baseline * - 0.05 = * [[]tiny, reference, cpu[]]*",
-                                 "*VRAM peak * improved beyond baseline * - 2% = * [[]tiny, reference, cpu[]]*"])
+                                 "*VRAM resident * improved beyond baseline * - 2% = * [[]tiny, reference, cpu[]]*"])
     result.stdout.fnmatch_lines(["*1 snapshot failed. 1 snapshot passed.*"])
     assert {p: p.read_text() for p in stored} == stored  # a failed comparison writes nothing
 

@@ -88,8 +88,8 @@ def test_markdown_has_the_run_header_and_one_row_per_model_and_recipe(rows, info
     assert "- **device**: cpu" in text and "- **hardware**: Test CPU 9000" in text
     assert f"- **eval tokens**: {REF['eval_tokens']} of eval.txt" in text
     table = [line for line in text.splitlines() if line.startswith("|")]
-    assert table[0] == "| model | recipe | device | kernel | VRAM peak | decode tok/s | % of bandwidth bound " \
-                       "| perplexity | Δ perplexity " \
+    assert table[0] == "| model | recipe | device | kernel | VRAM resident (CPU: footprint) | VRAM peak generating " \
+                       "| decode tok/s | decode mode | % of bandwidth bound | perplexity | Δ perplexity " \
                        "| mean KL (nats) | p99 KL (nats) | top-1 % | result |"
     assert table[1].startswith("| --- | --- | --- | --- | ---: |")
     assert table[2:] == ["| " + " | ".join(expected_cells(p, r)) + " |"
@@ -164,7 +164,7 @@ def test_on_a_gpu_the_x_axis_is_vram_and_labels_do_not_overlap(tmp_path) -> None
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     ax = fig.axes[0]
-    assert ax.get_xlabel() == "VRAM peak (MiB)"
+    assert ax.get_xlabel() == "VRAM resident (MiB)"
     labels = [t for t in ax.texts if t.get_text() in {"reference", *(c["recipe"] for c in crowd)}]
     assert len(labels) == 5
     boxes = [Text.get_window_extent(t, renderer) for t in labels]  # the words, without their leader lines

@@ -5,6 +5,8 @@ bound tokens/s = memory bandwidth / bytes of weights; the fraction reported is m
 
 from __future__ import annotations
 
+from ..hardware import is_cuda, nvml
+
 # Peak memory bandwidth in bytes/s of GPUs whose NVML figures are unavailable (datasheet values).
 DATASHEET_BYTES_PER_S = {
     "nvidia h100 80gb hbm3": 3.35e12,
@@ -21,25 +23,21 @@ DATASHEET_BYTES_PER_S = {
 
 def memory_bandwidth_bytes_per_s(device: str) -> float | None:
     """Peak DRAM bandwidth of a CUDA device: NVML's max memory clock x bus width (DDR), else the datasheet."""
-    if not device.startswith("cuda"):
+    if not is_cuda(device):
         return None
     import torch
 
     index = torch.device(device).index or 0
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
+    with nvml() as pynvml:
         try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            clock_mhz = pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_MEM)
-            bus_bits = pynvml.nvmlDeviceGetMemoryBusWidth(handle)
-            if clock_mhz and bus_bits:
-                return clock_mhz * 1e6 * 2 * bus_bits / 8
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no nvidia-ml-py, no permission, or an old driver: fall back to the datasheet
-        pass
+            if pynvml is not None:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                clock_mhz = pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_MEM)
+                bus_bits = pynvml.nvmlDeviceGetMemoryBusWidth(handle)
+                if clock_mhz and bus_bits:
+                    return clock_mhz * 1e6 * 2 * bus_bits / 8
+        except Exception:  # no permission, or an old driver: fall back to the datasheet
+            pass
     name = torch.cuda.get_device_name(index).lower()
     return next((bw for key, bw in DATASHEET_BYTES_PER_S.items() if name.startswith(key)), None)
 

@@ -10,9 +10,11 @@ resident weights included. On CPU the resident figure is the model footprint and
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 from dataclasses import dataclass, field
+
+from .. import hardware
+from ..hardware import free_device_memory as release  # noqa: F401 - the one way to give memory back
 
 GENERATE = "generate"
 EVALUATE = "evaluate"
@@ -40,7 +42,7 @@ class VramTracker:
 
     def __init__(self, device: str):
         self.device = device
-        self.cuda = device.startswith("cuda")
+        self.cuda = hardware.is_cuda(device)
         self.allocated_before_bytes = 0
         self.resident_bytes: int | None = None
         self.load_peak_bytes: int | None = None
@@ -103,36 +105,14 @@ class VramTracker:
         )
 
 
-@contextlib.contextmanager
-def _nvml():
-    """NVML initialised for the body, or None without nvidia-ml-py or a driver; the one init/shutdown here."""
-    try:
-        import pynvml
-    except ImportError:
-        yield None
-        return
-    try:
-        pynvml.nvmlInit()
-    except Exception:  # no driver, no permission
-        yield None
-        return
-    try:
-        yield pynvml
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
-
-
 def nvml_process_bytes(device: str) -> int | None:
     """This process's GPU memory as NVML sees it, or None without nvidia-ml-py, a driver or permission."""
-    if not device.startswith("cuda"):
+    if not hardware.is_cuda(device):
         return None
     import torch
 
     index = torch.device(device).index or 0
-    with _nvml() as nvml:
+    with hardware.nvml() as nvml:
         if nvml is None:
             return None
         try:
@@ -148,31 +128,9 @@ def nvml_process_bytes(device: str) -> int | None:
 
 def allocated_bytes(device: str) -> int:
     """Bytes the torch allocator holds for tensors on ``device`` now (0 on CPU)."""
-    if not device.startswith("cuda"):
+    if not hardware.is_cuda(device):
         return 0
     import torch
 
     torch.cuda.synchronize(device)
     return int(torch.cuda.memory_allocated(device))
-
-
-def release(device: str) -> int:
-    """Collect garbage, drop cuBLAS's per-stream workspaces and return cached blocks to the driver; the bytes
-    still allocated (0 on CPU).
-
-    cuBLAS keeps a workspace (32 MiB on Hopper) for every stream it has run on, allocated through torch's
-    caching allocator: a CUDA-graph capture's warm-up stream left one behind after every timed decode (seen
-    on the H100: 32 MiB per capture). PyTorch's own leak checks clear them the same way. The current stream's
-    workspace is made again by its next matmul (``VramTracker`` does one before counting anything).
-    """
-    gc.collect()
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize(device)
-        clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
-        if clear_workspaces is not None:
-            with torch.cuda.device(device):
-                clear_workspaces()
-        torch.cuda.empty_cache()
-    return allocated_bytes(device)

@@ -77,7 +77,7 @@ def figure(rows: Rows):
         tokens = ", ".join(sorted({str(r["eval_tokens"]) for r in mine if r.get("eval_tokens")}))
         where = ", ".join(devices) + (f" ({hardware})" if hardware else "")
         ax.set_title(f"{model} on {where}" + (f"\nperplexity over {tokens} eval tokens" if tokens else ""), fontsize=10)
-        ax.set_xlabel("VRAM peak (MiB)" if on_gpu else "memory footprint on CPU (MiB)")
+        ax.set_xlabel("VRAM resident (MiB)" if on_gpu else "memory footprint on CPU (MiB)")
         ax.set_ylabel("perplexity (lower is better)")
         ax.ticklabel_format(axis="both", style="plain", useOffset=False)
         ax.grid(True, color="0.9", zorder=0)
