@@ -107,6 +107,8 @@ class References:
         path, key = self._path(model)
         figures = {"quality": dataclasses.asdict(m.quality), "vram": dataclasses.asdict(m.vram),
                    "kernel": m.kernel, "dtype": m.dtype, "hardware": m.hardware}
+        if m.stats is not None:  # its own perplexity's standard error, among others
+            figures["stats"] = dataclasses.asdict(m.stats)
         try:
             save_reference(path, kept, key, {"figures": json.dumps(figures)})
         except OSError as exc:
@@ -115,6 +117,7 @@ class References:
     def _restore(self, model: ModelSource) -> bool:
         from .measure.quality import QualityMeasurement
         from .measure.reference import load_reference
+        from .measure.stats import QualityStats
         from .measure.vram import VramMeasurement
 
         path, key = self._path(model)
@@ -126,10 +129,11 @@ class References:
             figures = json.loads(metadata["figures"])
             quality = QualityMeasurement(**figures["quality"])
             vram = VramMeasurement(**figures["vram"])
+            stats = QualityStats(**figures["stats"]) if "stats" in figures else None
         except (KeyError, TypeError, ValueError):
             return False
         self._kept[model.name] = kept
-        self._session.restore(self._session.reference_pair(model), quality=quality, vram=vram,
+        self._session.restore(self._session.reference_pair(model), quality=quality, vram=vram, stats=stats,
                               kernel=figures.get("kernel", ""), dtype=figures.get("dtype", ""),
                               hardware=figures.get("hardware", ""), cache="hit")
         self._session.progress(f"{model.name}: reference figures from the cache ({path.name}); not loaded")
@@ -137,7 +141,4 @@ class References:
 
 
 def _has(m: Measurements, need: str) -> bool:
-    if need == "throughput" or need.startswith("throughput:"):
-        batch = need.partition(":")[2]
-        return m.throughput_at(int(batch) if batch else None) is not None
-    return getattr(m, need, None) is not None
+    return m.has(need)  # "generation:N" too
