@@ -167,7 +167,7 @@ def export(model_path: Path, out_file: Path, opset: int) -> bool:
     large = sum(x.numel() * x.element_size() for x in model.parameters()) > EXTERNAL_DATA_BYTES
     with torch.no_grad():
         torch.onnx.export(
-            _FlatCache(model, layers),
+            _flat_cache(model, layers),
             (input_ids, mask, positions, *past),
             str(out_file),
             input_names=["input_ids", "attention_mask", "position_ids", *_cache_names("past", layers)],
@@ -216,7 +216,7 @@ def _flat_cache_class():
     return FlatCache
 
 
-def _FlatCache(model, layers: int):
+def _flat_cache(model, layers: int):
     return _flat_cache_class()(model, layers)
 
 
