@@ -61,11 +61,13 @@ def expected_cells(props: dict, result: str) -> list[str]:
     """The report's cells for one row, formatted here independently of the writers."""
     delta = props.get("delta_perplexity")
     return [props["model"], props["recipe"], props["device"], props["kernel"], format_bytes(props["vram_resident_bytes"]),
-            f"{props['decode_tokens_per_s']:.1f}",
+            "-",  # VRAM peak while generating: not in these rows
+            f"{props['decode_tokens_per_s']:.1f}", props.get("decode_mode", "-"),
             f"{props['roofline_percent']:.2f}" if props.get("roofline_percent") is not None else "-",
             f"{props['perplexity']:.3f}",
             f"{delta:+.3f}" if delta is not None else "-", f"{props['mean_kl_nats']:.5f}",
-            f"{props['p99_kl_nats']:.4f}", f"{props['top1_agreement_percent']:.2f}", result]
+            f"{props['p99_kl_nats']:.4f}", "-", "-", "-",  # p99.9 KL, max KL, RMS Δp: not in these rows
+            f"{props['top1_agreement_percent']:.2f}", "-", "-", result]  # no generation agreement either
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -90,7 +92,8 @@ def test_markdown_has_the_run_header_and_one_row_per_model_and_recipe(rows, info
     table = [line for line in text.splitlines() if line.startswith("|")]
     assert table[0] == "| model | recipe | device | kernel | VRAM resident (CPU: footprint) | VRAM peak generating " \
                        "| decode tok/s | decode mode | % of bandwidth bound | perplexity | Δ perplexity " \
-                       "| mean KL (nats) | p99 KL (nats) | top-1 % | result |"
+                       "| mean KL (nats) | p99 KL (nats) | p99.9 KL (nats) | max KL (nats) | RMS Δp (points) " \
+                       "| top-1 % | generations equal % | tokens to divergence | result |"
     assert table[1].startswith("| --- | --- | --- | --- | ---: |")
     assert table[2:] == ["| " + " | ".join(expected_cells(p, r)) + " |"
                          for p, r in ((REF, "pass"), (NF4, "pass"), (INT8, "FAIL"))]
@@ -102,7 +105,7 @@ def test_json_keeps_raw_numbers_with_units_in_the_keys(rows, info, tmp_path) -> 
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["run"] == {"started_utc": "2025-03-04T05:06:07+00:00", "pytest_quant_version": __version__,
                           "devices": ["cpu"], "hardware": ["Test CPU 9000"], "eval_tokens": [REF["eval_tokens"]],
-                          "eval_text": "eval.txt", "args": ["--quant-report", "r.md"]}
+                          "eval_text": "eval.txt", "args": ["--quant-report", "r.md"], "eval_batch_windows": []}
     assert doc["plot"] == "r.png" and (tmp_path / "r.png").is_file()
     by_recipe = {r["recipe"]: r for r in doc["results"]}
     assert list(by_recipe) == ["reference", "bnb-nf4", "bnb-int8"]
@@ -258,7 +261,9 @@ def test_a_real_run_writes_the_markdown_report_and_the_step_summary(pytester: py
         row = next(line for line in text.splitlines() if line.startswith(f"| tiny | {recipe} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[2:4] == ["cpu", props["kernel"]]
-        assert cells[7] == f"{props['perplexity']:.3f}" and cells[-1] == "pass"
+        header = [c.strip() for c in next(line for line in text.splitlines() if line.startswith("| model")).strip("|").split("|")]
+        # the perplexity, then its standard error
+        assert cells[header.index("perplexity")].startswith(f"{props['perplexity']:.3f}±") and cells[-1] == "pass"
     assert f"{measured['bnb-nf4']['delta_perplexity']:+.3f}" in text
     png_size(out.with_suffix(".png"))
     assert summary.read_text().count("| tiny | bnb-nf4 |") == 1
