@@ -118,7 +118,8 @@ def test_path_option_in_space_form_inside_the_project_is_fine(pytester: pytest.P
      "field 'bnb_4bit_quant_type' is 'nf5'; accepted: nf4, fp4"),
     ("gptqmodel", "bits = 3.5", "field 'bits' is 3.5; accepted: 2, 3, 4 or 8"),
     ("gptqmodel", 'kernel = "nosuch"', "field 'kernel' is 'nosuch'; accepted: auto, gptq_*"),
-    ("gptqmodel", 'calibration = "calib/missing.txt"', "field 'calibration' is 'calib/missing.txt': no such file"),
+    ("gptqmodel", 'calibration = "calib/missing.txt"', "field 'calibration' is 'calib/missing.txt': no such file in * (a relative path is read from the folder pytest "
+     "runs in)*"),
 ], ids=["4bit-yes", "dtype-float17", "4bit-and-8bit", "nf5", "bits-3.5", "kernel-nosuch", "calibration-missing"])
 def test_bad_recipe_field_is_a_usage_error_naming_file_recipe_field_and_accepted(
         pytester: pytest.Pytester, backend: str, fields: str, message: str) -> None:

@@ -176,7 +176,9 @@ def validate(settings: dict[str, Any]) -> None:
         raise ValueError(f"field 'group_size' is {group!r}; accepted: a whole number > 0, or -1")
     calibration = settings.get("calibration")
     if calibration is not None and not Path(str(calibration)).expanduser().is_file():
-        raise ValueError(f"field 'calibration' is {calibration!r}: no such file")
+        where = "" if Path(str(calibration)).expanduser().is_absolute() else f" in {Path.cwd()}"
+        raise ValueError(f"field 'calibration' is {calibration!r}: no such file{where} (a relative path is read from "
+                         "the folder pytest runs in); accepted: a text, JSON or JSONL file")
     kernel = settings.get("kernel")
     if kernel is not None and importlib.util.find_spec("gptqmodel") is not None:
         known = available_kernels(method)
