@@ -99,6 +99,12 @@ def check_report_target(path: Path) -> None:
     """Create the report's folder and write a scratch file in it now, so that a bad place fails before the run."""
     if path.is_dir():
         raise pytest.UsageError(f"--quant-report {path}: is a folder; give a file path ending in .md, .json or .html")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise pytest.UsageError(f"--quant-report {path}: cannot create its folder: {existing} is a file; give a path "
+                                "in a writable folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path.parent, prefix=f".{path.name}."):
