@@ -225,6 +225,7 @@ def test_onnxruntime_dynamic_int8_and_its_cache(reference, tmp_path):
     first = onnxruntime.load(request_for(cache_dir=tmp_path, weight_type="QInt8"))
     assert first.cache == "miss" and first.quantize_seconds > 0
     assert "MatMulInteger" in first.kernel
+    assert first.model.generation_config.eos_token_id == 0  # tiny's, as greedy generation reads it
     check_loaded(first, reference, min_top1=0.8, trim_atol=0.5)
     second = onnxruntime.load(request_for(cache_dir=tmp_path, weight_type="QInt8"))
     assert second.cache == "hit" and second.notes["onnx_dir"] == first.notes["onnx_dir"]

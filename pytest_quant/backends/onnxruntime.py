@@ -242,17 +242,21 @@ class OrtCausalLM:
 
     ``model(input_ids=..., use_cache=False, logits_to_keep=n).logits`` and ``model(ids,
     past_key_values=cache, use_cache=True)`` (``.logits``, ``.past_key_values``) on CPU torch tensors;
-    ``device``, ``config``, ``dtype``, ``eval()``, ``parameters()`` (one empty CPU tensor) and
+    ``device``, ``config``, ``generation_config``, ``dtype``, ``eval()``, ``parameters()`` (one empty CPU tensor) and
     ``get_memory_footprint()`` (bytes of the quantized ONNX files).
     """
 
     def __init__(self, folder: Path, model_path: Path, intra_op_threads: int = 0):
         import onnxruntime as ort
         import torch
-        from transformers import AutoConfig
+        from transformers import AutoConfig, GenerationConfig
 
         self.folder = Path(folder)
         self.config = AutoConfig.from_pretrained(model_path)
+        try:  # read for its eos_token_id by the greedy generation measurement
+            self.generation_config = GenerationConfig.from_pretrained(model_path)
+        except OSError:
+            self.generation_config = GenerationConfig.from_model_config(self.config)
         self.device = torch.device("cpu")
         self.dtype = torch.float32
         options = ort.SessionOptions()
