@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     plugin_peak = loop_peak = None
     for _ in range(args.repeats):
         reset_peak(device)
-        measurement, _ = evaluate(model, windows, batch_windows=args.batch_windows)
+        measurement, _, _ = evaluate(model, windows, batch_windows=args.batch_windows)
         plugin_peak = peak_mib(device)
         plugin_runs.append(measurement)
         reset_peak(device)

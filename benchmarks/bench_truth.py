@@ -109,7 +109,7 @@ def plugin_perplexity(model, tokenizer, text_path: Path, context: int, batch_win
 
     spec = EvalSpec(text_path, context_tokens=context, batch_windows=batch_windows)
     windows = prepare(tokenizer, spec, max_positions=model_max_positions(model))
-    measurement, _ = evaluate(model, windows, batch_windows=batch_windows)
+    measurement, _, _ = evaluate(model, windows, batch_windows=batch_windows)
     return {
         "perplexity": measurement.perplexity,
         "tokens": measurement.tokens_scored,

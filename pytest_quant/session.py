@@ -9,7 +9,6 @@ import dataclasses
 import time
 import warnings
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +21,7 @@ from .hardware import device_kind, free_device_memory, hardware_name
 from .metrics import Measurements
 from .models import ModelSource, embedded_calibration_text
 from .options import QuantOptions
+from .quant_model import Pair, QuantModel, holders  # noqa: F401 - holders: the release warning
 from .recipes import BUILTIN_RECIPES, Recipe
 from .references import References
 from .units import format_bytes
@@ -35,78 +35,12 @@ NEEDS = ("quality", "vram", "throughput")
 FEW_TOKENS_DIVISOR = 2  # fewer than half the tokens asked for: warn (fail under --quant-strict)
 
 
-@dataclass(frozen=True)
-class Pair:
-    model: ModelSource
-    recipe: Recipe
-
-    @property
-    def id(self) -> str:
-        return f"{self.model.name}-{self.recipe.name}"
-
-
-def holders(obj) -> list[str]:
-    """What still references ``obj``: module globals by dotted name, any other holder by its type."""
-    import gc
-    import sys
-    import types
-
-    modules = {id(vars(m)): m.__name__ for m in list(sys.modules.values()) if hasattr(m, "__dict__")}
-    found = []
-    for ref in gc.get_referrers(obj):  # plain loops: a comprehension would hold obj in a cell of its own
-        if id(ref) in modules:
-            for name, value in list(ref.items()):
-                if value is obj:
-                    found.append(f"{modules[id(ref)]}.{name}")
-        elif not isinstance(ref, types.FrameType):
-            found.append(f"a {type(ref).__name__}")
-    return found
-
-
 def few_tokens_note(scored: int, asked: int, text: Path) -> str | None:
     """A warning when far fewer tokens are scored than --quant-eval-tokens asks for (a short eval text)."""
     if scored * FEW_TOKENS_DIVISOR >= asked:
         return None
     return (f"pytest-quant: only {scored} tokens of {text} scored, of the {asked} asked for (--quant-eval-tokens): "
             "perplexity and KL over so few tokens are mostly noise; give a longer --quant-eval-text")
-
-
-class QuantModel:
-    """The ``quant_model`` fixture's value: a loaded model under one recipe, and its measurements.
-
-    Documented: ``.model``, ``.tokenizer``, ``.recipe``, ``.device`` and ``.measurements`` (everything
-    measured so far, a ``pytest_quant.metrics.Measurements``); ``.quality``, ``.vram`` and ``.throughput``
-    measure on first use. Everything else is private.
-    """
-
-    def __init__(self, session: "QuantSession", pair: Pair, loaded, tracker):
-        self._session = session
-        self._pair = pair
-        self._tracker = tracker
-        self._allocated_before_bytes = tracker.allocated_before_bytes  # what close() expects to be left
-        self.model = loaded.model
-        self.tokenizer = loaded.tokenizer
-        self.recipe = pair.recipe
-        self.device = session.options.device
-
-    def __repr__(self) -> str:
-        return f"<QuantModel {self._pair.id} on {self.device}>"
-
-    @property
-    def measurements(self) -> Measurements:
-        return self._session.known(self._pair)
-
-    @property
-    def quality(self):
-        return self._session.measure(self, frozenset({"quality"})).quality
-
-    @property
-    def vram(self):
-        return self._session.measure(self, frozenset({"vram"})).vram
-
-    @property
-    def throughput(self):
-        return self._session.measure(self, frozenset({"throughput"})).throughput
 
 
 class QuantSession:
@@ -120,6 +54,7 @@ class QuantSession:
         self.references = References(self)
         self._known: dict[str, Measurements] = {}
         self._windows: dict[str, object] = {}
+        self.eval_batch_windows = EVAL_BATCH_WINDOWS
         self._prompts = None
         self.live: QuantModel | None = None
 
@@ -143,6 +78,10 @@ class QuantSession:
         if ref is not None and ref.id in self._known:
             m = dataclasses.replace(m, reference=self._known[ref.id])
         return m
+
+    def restore(self, pair: Pair, **figures) -> None:
+        """Figures of ``pair`` read from a cache rather than measured in this session."""
+        self._update(pair, **figures)
 
     def _update(self, pair: Pair, **figures) -> None:
         base = self._known.get(pair.id) or Measurements(pair.model.name, pair.recipe.name, self.options.device,
@@ -188,6 +127,7 @@ class QuantSession:
             except BaseException:
                 self.close(qm)  # a failed measurement must not keep the model on the device
                 raise
+            self.references.save(pair.model)
         return qm
 
     def close(self, qm: QuantModel) -> None:
@@ -205,24 +145,32 @@ class QuantSession:
                    "still holds the model") + ", and later VRAM figures may be inflated"))
 
     # -- measuring -----------------------------------------------------------------------------
-    def eval_windows(self, qm: QuantModel):
+    def windows_for(self, model: ModelSource, tokenizer=None):
         """The eval text's windows for this model's tokenizer, tokenized once per session."""
-        from .measure.quality import EvalSpec, model_max_positions, prepare
+        from .measure.quality import EvalSpec, prepare
 
-        key = qm._pair.model.name
-        if key not in self._windows:
+        if model.name not in self._windows:
+            if tokenizer is None:
+                from .backends.common import load_tokenizer
+
+                tokenizer = load_tokenizer(model.path)
             spec = EvalSpec(text_path=self.options.eval_text, max_tokens=self.options.eval_tokens)
             try:
-                windows = prepare(qm.tokenizer, spec, max_positions=model_max_positions(qm.model))
+                windows, problem = prepare(tokenizer, spec, max_positions=_max_positions(model)), None
             except ValueError as exc:  # too few tokens: the file and the count, without a traceback
-                pytest.fail(f"--quant-eval-text: {exc}", pytrace=False)
+                windows, problem = None, f"--quant-eval-text: {exc}"
+            if problem:
+                pytest.fail(problem, pytrace=False)  # outside the except: no "During handling ..." above it
             few = few_tokens_note(windows.tokens_scored, self.options.eval_tokens, spec.text_path)
             if few and self.options.strict:
                 pytest.fail(f"{few} (--quant-strict)", pytrace=False)
             if few:
                 warnings.warn(pytest.PytestWarning(few))
-            self._windows[key] = windows
-        return self._windows[key]
+            self._windows[model.name] = windows
+        return self._windows[model.name]
+
+    def eval_windows(self, qm: QuantModel):
+        return self.windows_for(qm._pair.model, qm.tokenizer)
 
     def measure(self, qm: QuantModel, needs: frozenset[str]) -> Measurements:
         """Measure what is asked and not yet known: quality, then decode speed (the default batch as
@@ -276,14 +224,14 @@ class QuantSession:
         windows = self.eval_windows(qm)
         self.progress(f"{pair.id}: evaluating {windows.tokens_scored} tokens in {len(windows.windows)} windows")
         if pair.recipe.is_reference:
-            quality, kept, scores = evaluate(qm.model, windows, EVAL_BATCH_WINDOWS,
+            quality, kept, scores = evaluate(qm.model, windows, self.eval_batch_windows,
                                              keep_reference_top_k=self.options.reference_top_k)
-            self.references.keep_logprobs(pair.model, kept)
+            self.references.keep(pair.model, kept)
             # against itself: zero divergence and full agreement, by definition
             quality = dataclasses.replace(quality, mean_kl_nats=0.0, p99_kl_nats=0.0, top1_agreement_percent=100.0)
         else:
-            reference = self.references.logprobs(pair.model)  # None for a pre-quantized checkpoint
-            quality, _, scores = evaluate(qm.model, windows, EVAL_BATCH_WINDOWS, reference=reference)
+            reference = self.references.kept(pair.model)  # None for a pre-quantized checkpoint
+            quality, _, scores = evaluate(qm.model, windows, self.eval_batch_windows, reference=reference)
         # only the statistics are kept, never the per-token arrays
         self._update(pair, quality=quality, stats=_stats(scores, pair.recipe.is_reference))
         kl = f", mean KL {quality.mean_kl_nats:.5f} nats" if quality.mean_kl_nats is not None else ""
@@ -333,3 +281,11 @@ def _stats(scores, is_reference: bool):
     if scores.reference_logprob_target is None:
         return None
     return quality_stats(scores.logprob_target, scores.reference_logprob_target, scores.kl_nats, scores.top1_match)
+
+
+def _max_positions(model: ModelSource) -> int | None:
+    """The model's max_position_embeddings from its config.json (caps the eval context), without loading it."""
+    from .backends.checkpoint import read_config
+
+    value = read_config(model.path).get("max_position_embeddings")
+    return int(value) if value else None

@@ -17,7 +17,7 @@ def test_reference_perplexity_matches_the_stated_figure(quant_pair, request):
     stated = json.loads((TINY_DIR / "PROVENANCE.json").read_text())["heldout_perplexity"]["plugin_protocol"]
     windows = prepare(quant_model.tokenizer, EvalSpec(text_path=embedded_eval_text()),
                       max_positions=model_max_positions(quant_model.model))
-    quality, _ = evaluate(quant_model.model, windows, batch_windows=8)
+    quality, _, _ = evaluate(quant_model.model, windows, batch_windows=8)
     assert quality.tokens_scored == stated["eval_tokens"]
     # fp32 on CPU reproduces the figure to rounding; fp16 on GPU within 0.1%
     assert quality.perplexity == pytest.approx(stated["perplexity"], rel=1e-3)

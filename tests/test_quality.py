@@ -139,7 +139,8 @@ def windows(tiny):
 
 @pytest.fixture(scope="module")
 def reference(tiny, windows):
-    return evaluate(tiny[0], windows, batch_windows=8, keep_logprobs=True)
+    measurement, kept, _ = evaluate(tiny[0], windows, batch_windows=8, keep_reference_top_k="exact")
+    return measurement, kept
 
 
 def naive_logprobs(model, windows):
@@ -188,9 +189,9 @@ def test_strided_perplexity_equals_a_naive_loop_and_beats_disjoint_windows(tiny)
 
     model, tokenizer = tiny
     text = embedded_eval_text()
-    disjoint, _ = evaluate(model, prepare(tokenizer, EvalSpec(text, max_tokens=700, context_tokens=256)))
+    disjoint, _, _ = evaluate(model, prepare(tokenizer, EvalSpec(text, max_tokens=700, context_tokens=256)))
     strided = prepare(tokenizer, EvalSpec(text, max_tokens=700, context_tokens=256, stride_tokens=128))
-    measurement, _ = evaluate(model, strided, batch_windows=4)
+    measurement, _, _ = evaluate(model, strided, batch_windows=4)
     logprobs = naive_logprobs(model, strided)
     targets = torch.tensor([t for w in strided.windows for t in w.target_ids])
     nll = -logprobs.gather(1, targets[:, None]).double().mean().item()
@@ -200,14 +201,16 @@ def test_strided_perplexity_equals_a_naive_loop_and_beats_disjoint_windows(tiny)
 
 
 def test_batching_does_not_change_perplexity(tiny, windows, reference) -> None:
-    one, _ = evaluate(tiny[0], windows, batch_windows=1)
+    one, _, _ = evaluate(tiny[0], windows, batch_windows=1)
     assert one.perplexity == pytest.approx(reference[0].perplexity, rel=1e-5)
 
 
 def test_logprobs_come_back_only_when_asked(reference) -> None:
     import torch
 
-    measurement, logprobs = reference
+    measurement, kept = reference
+    logprobs = kept.topk_logprobs
+    assert kept.is_exact and kept.tokens_scored == TOKENS
     assert logprobs.shape == (TOKENS, 8192) and logprobs.dtype == torch.float32 and logprobs.device.type == "cpu"
     assert torch.allclose(logprobs.exp().sum(dim=-1), torch.ones(TOKENS), atol=1e-4)
     assert measurement.mean_kl_nats is None and measurement.p99_kl_nats is None
@@ -215,8 +218,8 @@ def test_logprobs_come_back_only_when_asked(reference) -> None:
 
 
 def test_kl_against_own_logprobs_is_zero_and_top1_is_100(tiny, windows, reference) -> None:
-    measurement, logprobs = evaluate(tiny[0], windows, batch_windows=8, reference_logprobs=reference[1])
-    assert logprobs is None  # not asked for
+    measurement, kept, _ = evaluate(tiny[0], windows, batch_windows=8, reference=reference[1])
+    assert kept is None  # not asked for
     assert measurement.mean_kl_nats == pytest.approx(0.0, abs=1e-7)
     assert measurement.p99_kl_nats == pytest.approx(0.0, abs=1e-7)
     assert measurement.top1_agreement_percent == 100.0
@@ -231,9 +234,9 @@ def test_kl_and_top1_of_a_perturbed_model_equal_naive_statistics(tiny, windows, 
     with torch.no_grad():
         for parameter in perturbed.model.layers[0].parameters():
             parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    measurement, _ = evaluate(perturbed, windows, batch_windows=8, reference_logprobs=reference[1])
+    measurement, _, _ = evaluate(perturbed, windows, batch_windows=8, reference=reference[1])
 
-    p_log = reference[1].double()
+    p_log = reference[1].topk_logprobs.double()
     q_log = naive_logprobs(perturbed, windows).double()
     kl = (p_log.exp() * (p_log - q_log)).sum(dim=-1)
     agree = (p_log.argmax(dim=-1) == q_log.argmax(dim=-1)).double().mean().item() * 100
@@ -247,5 +250,5 @@ def test_kl_and_top1_of_a_perturbed_model_equal_naive_statistics(tiny, windows, 
 def test_reference_of_other_windows_is_rejected(tiny, reference) -> None:
     _, tokenizer = tiny
     shorter = prepare(tokenizer, EvalSpec(embedded_eval_text(), max_tokens=100))
-    with pytest.raises(ValueError, match="1500 rows.*100 tokens"):
-        evaluate(tiny[0], shorter, reference_logprobs=reference[1])
+    with pytest.raises(ValueError, match="1500 scored tokens.*100"):
+        evaluate(tiny[0], shorter, reference=reference[1])
