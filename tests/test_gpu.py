@@ -40,7 +40,7 @@ def test_gpu(quant_model, quant_reference):
     (a @ a).sum().item()
     del a
     before = torch.cuda.memory_allocated()
-    result = pytester.runpytest(*FAST, "-p", "no:cacheprovider", "--quant-gpu", "-W", "error::pytest.PytestWarning",
+    result = pytester.runpytest(*FAST, "-p", "no:cacheprovider", "--quant-gpu", "-W", "error:pytest-quant:pytest.PytestWarning",
                                 "--quant-recipes", "reference,bnb-nf4,bnb-int8")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["*pytest-quant summary*", "*tiny*bnb-nf4*cuda:0*Linear4bit*pass*"])

@@ -50,12 +50,7 @@ class VramTracker:
         if self.cuda:
             import torch
 
-            # The first matmul on a device allocates cuBLAS's workspace (32 MiB on Hopper) through the
-            # caching allocator and keeps it: allocate it now so no model's figure carries it.
-            a = torch.ones(16, 16, device=device, dtype=torch.float16)
-            (a @ a).sum().item()
-            del a
-            torch.cuda.synchronize(device)
+            hardware.warm_cublas(device)  # cuBLAS's workspace is not the model's
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
             self.allocated_before_bytes = torch.cuda.memory_allocated(device)
