@@ -27,6 +27,8 @@ class Recipe:
     settings: tuple[tuple[str, Any], ...] = ()
     description: str = ""
     builtin: bool = True
+    devices: frozenset[str] | None = None  # device kinds this recipe runs on, where narrower than its backend's
+    default: bool = True  # chosen when --quant-recipes names none (False: slow or niche, named on purpose)
 
     def get(self, key: str, default: Any = None) -> Any:
         return dict(self.settings).get(key, default)
@@ -44,8 +46,10 @@ def _frozen(settings: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in settings.items()))
 
 
-def _builtin(name: str, backend: str, description: str, **settings: Any) -> Recipe:
-    return Recipe(name, backend, _frozen(settings), description)
+def _builtin(name: str, backend: str, description: str, devices: tuple[str, ...] | None = None, default: bool = True,
+             **settings: Any) -> Recipe:
+    return Recipe(name, backend, _frozen(settings), description, devices=frozenset(devices) if devices else None,
+                  default=default)
 
 
 BUILTIN_RECIPES: dict[str, Recipe] = {
@@ -81,6 +85,30 @@ BUILTIN_RECIPES: dict[str, Recipe] = {
             zero_point=True,
             version="gemm",
         ),
+        _builtin("torch-dynamic-int8", "torch_dynamic", "PyTorch dynamic int8: torch.ao.quantization.quantize_dynamic of "
+                 "nn.Linear to qint8 (deprecated by torch; its successor is torchao-dynamic-int8)", api="torch.ao"),
+        _builtin("torchao-dynamic-int8", "torch_dynamic", "PyTorch dynamic int8 through torchao's quantize_ "
+                 "(Int8DynamicActivationInt8WeightConfig): quantize_dynamic's successor", api="torchao"),
+        _builtin("torchao-int8wo", "torchao", "torchao int8 weight-only, per channel (transformers TorchAoConfig)",
+                 quant_type="int8_weight_only"),
+        _builtin("torchao-int8dq", "torchao", "torchao int8 dynamic activation + int8 weight",
+                 quant_type="int8_dynamic_activation_int8_weight"),
+        _builtin("torchao-int4wo-g128", "torchao", "torchao int4 weight-only, group size 128 (CUDA)", devices=("cuda",),
+                 quant_type="int4_weight_only", group_size=128),
+        _builtin("torchao-fp8", "torchao", "torchao float8 dynamic activation + float8 weight (CUDA, compute "
+                 "capability 8.9+)", devices=("cuda",), quant_type="float8_dynamic_activation_float8_weight"),
+        _builtin("ort-dynamic-int8", "onnxruntime", "ONNX Runtime dynamic int8 (quantize_dynamic, QInt8 weights) on an "
+                 "exported model with a KV cache", weight_type="QInt8"),
+        _builtin("inc-rtn-w4", "neural_compressor", "Intel Neural Compressor weight-only RTN, 4-bit, group size 128",
+                 algorithm="rtn", bits=4),
+        _builtin("inc-rtn-w8", "neural_compressor", "Intel Neural Compressor weight-only RTN, 8-bit, group size 128",
+                 algorithm="rtn", bits=8),
+        _builtin("inc-gptq-w4", "neural_compressor", "Intel Neural Compressor weight-only GPTQ, 4-bit, group size 128 "
+                 "(minutes on CPU: named on purpose)", default=False, algorithm="gptq", bits=4),
+        _builtin("modelopt-fp8", "modelopt", "NVIDIA Model Optimizer fp8 (e4m3) weights and activations, calibrated",
+                 format="fp8"),
+        _builtin("modelopt-int4-awq", "modelopt", "NVIDIA Model Optimizer int4 AWQ, group size 128, calibrated",
+                 format="int4_awq"),
     )
 }
 
@@ -157,6 +185,12 @@ def available_recipes(pyproject: Path, registry, options) -> tuple[list[Recipe],
     available = {**BUILTIN_RECIPES, **user}
     if options.recipe_names is not None:
         return select(options.recipe_names, available), notes
-    chosen = [r for r in available.values()
-              if not registry[r.backend].missing() and registry[r.backend].runs_on(options.device)]
+    chosen = [r for r in available.values() if r.default and not registry[r.backend].missing() and runs_on(r, registry, options.device)]
     return chosen, notes
+
+
+def runs_on(recipe: Recipe, registry, device: str) -> bool:
+    """Whether the recipe's backend runs on ``device``, and the recipe itself where it is narrower."""
+    from .hardware import device_kind
+
+    return registry[recipe.backend].runs_on(device) and (recipe.devices is None or device_kind(device) in recipe.devices)

@@ -22,7 +22,7 @@ from .metrics import Measurements
 from .models import ModelSource, embedded_calibration_text
 from .options import QuantOptions
 from .quant_model import Pair, QuantModel, holders  # noqa: F401 - holders: the release warning
-from .recipes import BUILTIN_RECIPES, Recipe
+from .recipes import BUILTIN_RECIPES, Recipe, runs_on
 from .references import References
 from .units import format_bytes
 
@@ -94,8 +94,9 @@ class QuantSession:
         missing = backend.missing(pair.model.path)
         if missing:
             return f"recipe {pair.recipe.name}: {', '.join(missing)} not installed; install it with: {backend.install_hint}"
-        if not backend.runs_on(self.options.device):
-            return f"recipe {pair.recipe.name}: backend {backend.name} does not run on {self.options.device}"
+        if not runs_on(pair.recipe, self.registry, self.options.device):
+            kinds = ", ".join(sorted(pair.recipe.devices or backend.devices))
+            return f"recipe {pair.recipe.name} runs on {kinds}, not on {self.options.device}"
         return None
 
     # -- loading and releasing -----------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Copy this folder into a model repository as a template, or run it on any model:
 
-    pytest suites --quant-model PATH --snapshot-update     # once, to record baselines
-    pytest suites --quant-model PATH                       # then, in CI
+    pytest suites --quant-model=PATH --snapshot-update     # once, to record baselines
+    pytest suites --quant-model=PATH                       # then, in CI
 
 Limits against the unquantized reference are absolute properties of a recipe and hold for any model;
 limits against the stored baselines (``vs="baseline"``) catch regressions of this model on this hardware.
@@ -36,7 +36,7 @@ def on_gpu(config: pytest.Config) -> bool:
 
 
 def bits(recipe: str) -> str:
-    return "8bit" if recipe in ("bnb-int8", "gptq-w8g128") else "4bit"
+    return "8bit" if any(tag in recipe for tag in ("int8", "w8", "fp8")) else "4bit"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -58,7 +58,7 @@ class Backend:
     requires: tuple[str, ...] = ()
     install_hint: str = ""
     devices: frozenset[str] = frozenset({"cpu", "cuda"})
-    fields: frozenset[str] = frozenset()
+    fields: frozenset[str] | str = frozenset()  # or "module:NAME" of such a set, read when first needed
     config_classes: tuple[str, ...] = ()  # transformers classes whose keyword arguments are recipe fields
     validate: Callable[[dict[str, Any]], None] | str | None = None
     requires_of: Callable[[Path], tuple[str, ...]] | str | None = None
@@ -79,7 +79,7 @@ class Backend:
         """The fields a recipe of this backend may set (reads transformers' signatures lazily)."""
         import inspect
 
-        names = set(self.fields)
+        names = set(self.fields if not isinstance(self.fields, str) else _resolve(self.fields))
         if self.config_classes:
             import transformers
 
@@ -104,8 +104,9 @@ def is_installed(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def _resolve(target: Callable | str) -> Callable:
-    if callable(target):
+def _resolve(target: Any) -> Any:
+    """``target`` itself, or the attribute a "module:name" string names (imported now)."""
+    if not isinstance(target, str):
         return target
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -115,11 +116,26 @@ _PKG = "pytest_quant.backends"
 BUILTIN_BACKENDS: tuple[Backend, ...] = (
     Backend("reference", f"{_PKG}.reference:load", fields=frozenset({"dtype"}), validate=f"{_PKG}.reference:validate"),
     Backend("bitsandbytes", f"{_PKG}.bitsandbytes:load", ("bitsandbytes",), "pip install 'pytest-quant[bnb]'",
-            config_classes=("BitsAndBytesConfig",), validate=f"{_PKG}.bitsandbytes:validate"),
+            fields=frozenset({"dequantize"}), config_classes=("BitsAndBytesConfig",),
+            validate=f"{_PKG}.bitsandbytes:validate"),
     Backend("gptqmodel", f"{_PKG}.gptqmodel:load", ("gptqmodel", "optimum"), "pip install 'pytest-quant[gptq]'",
             fields=frozenset({"method", "kernel", "calibration", "calibration_samples", "calibration_seq_len",
                               "version", "batch_size"}),
             config_classes=("GPTQConfig", "AwqConfig"), validate=f"{_PKG}.gptqmodel_spec:validate",
+            calls_before_load=True),
+    Backend("torch_dynamic", f"{_PKG}.torch_dynamic:load", install_hint="pip install 'pytest-quant[torchao]'",
+            devices=frozenset({"cpu"}), fields=f"{_PKG}.torch_dynamic:FIELDS", validate=f"{_PKG}.torch_dynamic:validate"),
+    Backend("torchao", f"{_PKG}.torchao:load", ("torchao",), "pip install 'pytest-quant[torchao]'",
+            fields=f"{_PKG}.torchao:FIELDS", validate=f"{_PKG}.torchao:validate"),
+    Backend("onnxruntime", f"{_PKG}.onnxruntime:load", ("onnxruntime", "onnx", "onnxscript"),
+            "pip install 'pytest-quant[onnx]'", devices=frozenset({"cpu"}),
+            fields=f"{_PKG}.onnxruntime:FIELDS", validate=f"{_PKG}.onnxruntime:validate", calls_before_load=True),
+    Backend("neural_compressor", f"{_PKG}.neural_compressor:load", ("neural_compressor",),
+            "pip install 'pytest-quant[inc]'", devices=frozenset({"cpu"}),
+            fields=f"{_PKG}.neural_compressor:FIELDS", validate=f"{_PKG}.neural_compressor:validate",
+            calls_before_load=True),
+    Backend("modelopt", f"{_PKG}.modelopt:load", ("modelopt",), "pip install 'pytest-quant[modelopt]'",
+            devices=frozenset({"cuda"}), fields=f"{_PKG}.modelopt:FIELDS", validate=f"{_PKG}.modelopt:validate",
             calls_before_load=True),
     Backend("prequantized", f"{_PKG}.prequantized:load", install_hint="pip install 'pytest-quant[gptq]' (GPTQ, AWQ) "
             "or 'pytest-quant[bnb]' (bitsandbytes)", fields=frozenset({"kernel"}),

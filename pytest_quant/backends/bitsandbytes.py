@@ -8,7 +8,10 @@ from . import Loaded, LoadRequest
 from .common import default_dtype, load_tokenizer, quantized_linear_classes
 
 BOOLEAN_FIELDS = ("load_in_4bit", "load_in_8bit", "bnb_4bit_use_double_quant", "llm_int8_has_fp16_weight",
-                  "llm_int8_enable_fp32_cpu_offload")
+                  "llm_int8_enable_fp32_cpu_offload", "dequantize")
+# The plugin's own field: load quantized, then model.dequantize() (transformers): the weights go back to the
+# compute dtype carrying the quantization's rounding, as the seed transformers-torch-quantize-save.md does.
+PLUGIN_FIELDS = frozenset({"dequantize"})
 QUANT_TYPES = ("nf4", "fp4")
 COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -34,7 +37,7 @@ def validate(settings: dict[str, Any]) -> None:
     from transformers import BitsAndBytesConfig
 
     try:
-        BitsAndBytesConfig(**settings)
+        BitsAndBytesConfig(**{k: v for k, v in settings.items() if k not in PLUGIN_FIELDS})
     except (TypeError, ValueError) as exc:
         raise ValueError(f"transformers' BitsAndBytesConfig refuses these fields: {exc}") from None
 
@@ -44,16 +47,17 @@ def load(request: LoadRequest) -> Loaded:
 
     dtype = default_dtype(request.model_path, request.device)
     options = request.recipe.options
+    dequantize = bool(options.pop("dequantize", False))
     if options.get("load_in_4bit"):
         options.setdefault("bnb_4bit_compute_dtype", dtype)
     config = BitsAndBytesConfig(**options)
     model = AutoModelForCausalLM.from_pretrained(
         request.model_path, quantization_config=config, dtype=dtype, device_map=request.device
     )
+    kernel = quantized_linear_classes(model)
+    if dequantize:
+        model = model.dequantize() or model
+        kernel = f"Linear (dequantized from {kernel})"
     model.eval()
-    return Loaded(
-        model,
-        load_tokenizer(request.model_path),
-        str(dtype).removeprefix("torch."),
-        kernel=quantized_linear_classes(model),
-    )
+    return Loaded(model, load_tokenizer(request.model_path), str(dtype).removeprefix("torch."), kernel=kernel,
+                  notes={"dequantized": True} if dequantize else {})
