@@ -17,6 +17,14 @@ from .settings import SETTINGS_KEY, BaselineSettings
 
 
 IMPROVED_PROPERTY = "quant.baseline_improved"
+# A recipe whose decode could not be captured in a CUDA graph (LLM.int8) is timed eagerly: then the host's
+# Python and kernel launches set the pace, and the same recipe measured 30-40% apart between sessions on the
+# H100. Its default tolerance stays wide; a marker's tolerance= still wins.
+EAGER_CUDA_DECODE_TOLERANCE = 0.5
+
+
+def _eager(metrics: Measurements) -> bool:
+    return metrics.throughput is not None and metrics.throughput.decode_mode == "eager"
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,12 @@ def _check(item: pytest.Item, gated: tuple[Limits, ...], metrics: Measurements) 
     tolerances: dict[str, float] = {}
     for limit in gated:
         for metric in marker_rules(limit.marker):
-            tolerances[metric.key] = (limit.tolerance or {}).get(metric.key, settings.tolerance(metric.key))
+            tolerance = (limit.tolerance or {}).get(metric.key)
+            if tolerance is None:
+                tolerance = settings.tolerance(metric.key)
+                if metric.key == "decode_tokens_per_s" and settings.device_kind == "cuda" and _eager(metrics):
+                    tolerance = max(tolerance, EAGER_CUDA_DECODE_TOLERANCE)
+            tolerances[metric.key] = tolerance
     marker = {key: RULE[key].marker for key in tolerances}
     unmeasured = [key for key in tolerances if RULE[key].read(metrics) is None]
     not_finite = [key for key in tolerances if key not in unmeasured and not math.isfinite(RULE[key].read(metrics))]
