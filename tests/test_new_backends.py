@@ -217,6 +217,7 @@ def test_torchao_cuda_only_types_fail_clearly_on_cpu(quant_type):
 
 # -- ONNX Runtime --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # the export takes 1-2.5 minutes on 2 cores; the shipped gate (main command) runs it cold
 def test_onnxruntime_dynamic_int8_and_its_cache(reference, tmp_path):
     for name in ("onnxruntime", "onnx", "onnxscript"):
         pytest.importorskip(name, reason="pip install 'pytest-quant[onnx]'")
@@ -248,7 +249,8 @@ def test_onnxruntime_refuses_cuda():
 @pytest.mark.parametrize(
     "settings, min_top1",
     [({"algorithm": "rtn", "bits": 4}, 0.7), ({"algorithm": "rtn", "bits": 8}, 0.9),
-     ({"algorithm": "gptq", "bits": 4, "calibration_samples": 4, "calibration_seq_len": 64}, 0.7)],
+     pytest.param({"algorithm": "gptq", "bits": 4, "calibration_samples": 4, "calibration_seq_len": 64}, 0.7,
+                  marks=pytest.mark.slow)],  # about 2.5 minutes on 2 cores
     ids=["rtn-w4", "rtn-w8", "gptq-w4"],
 )
 def test_neural_compressor_weight_only(reference, settings, min_top1):
