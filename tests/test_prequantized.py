@@ -35,7 +35,7 @@ def test_absolute_only(quant_model):
     pass
 """
     )
-    result = pytester.runpytest(*FAST, "-p", "no:cacheprovider", "--quant-model", str(saved_nf4), "-rf")
+    result = pytester.runpytest(*FAST, "-p", "no:cacheprovider", f"--quant-model={saved_nf4}", "-rf")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [

@@ -244,7 +244,7 @@ def test_a_real_run_writes_the_markdown_report_and_the_step_summary(pytester: py
     pytester.makepyfile(test_model_repo=GATE)
     out = tmp_path / "reports" / "r.md"
     result = pytester.runpytest("--quant-recipes", "reference,bnb-nf4", "--quant-eval-tokens", "512",
-                                "-p", "no:cacheprovider", "--quant-report", str(out))
+                                "-p", "no:cacheprovider", f"--quant-report={out}")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([f"pytest-quant report: {out} (plot: {out.with_suffix('.png')})"])
     measured = {}
@@ -286,7 +286,7 @@ def test_under_xdist_the_controller_writes_every_row_once(pytester: pytest.Pytes
     out = tmp_path / "r.json"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     result = pytester.runpytest_subprocess("--quant-eval-tokens", "512", "-p", "no:cacheprovider", "-n", "2",
-                                           "--quant-recipes", "bnb-nf4,bnb-int8", "--quant-report", str(out))
+                                           "--quant-recipes", "bnb-nf4,bnb-int8", f"--quant-report={out}")
     result.assert_outcomes(passed=2)
     assert [line for line in result.outlines if line.startswith("pytest-quant report:")] == \
         [f"pytest-quant report: {out} (plot: {out.with_suffix('.png')})"]
