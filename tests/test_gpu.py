@@ -115,14 +115,14 @@ def test_out_of_memory_in_one_recipe_fails_it_and_leaves_the_next_measured_as_wi
     import json
 
     pytester.makeconftest(OOM_CONFTEST)
-    pytester.makepyfile(VRAM_TO_FILE)
+    pytester.makepyfile(test_oom=VRAM_TO_FILE)
     args = (*FAST, "-p", "no:cacheprovider", "--quant-gpu")
     try:
         result = pytester.runpytest(*args, "--quant-recipes", "reference,bnb-nf4,bnb-int8")
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
     result.assert_outcomes(passed=2, errors=1)
-    result.stdout.fnmatch_lines(["*ERROR*test_vram[[]tiny-bnb-nf4[]]*OutOfMemoryError*"])
+    result.stdout.fnmatch_lines(["*ERROR at setup of test_vram[[]tiny-bnb-nf4[]]*", "*OutOfMemoryError*CUDA out of memory*"])
     returned = json.loads((pytester.path / "returned.json").read_text())
     assert returned["after"] - returned["before"] <= RELEASE_SLACK_BYTES
     with_oom = json.loads((pytester.path / "vram-bnb-int8.json").read_text())
