@@ -83,11 +83,15 @@ def check_eval_text(path: Path) -> None:
                                 f"{exc.start}: {exc.reason}); give a plain UTF-8 text file") from None
 
 
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_folder(flag: str, path: Path, writable: bool = True) -> None:
     """A folder the plugin may create: it, or its nearest existing parent, must be a (writable) folder."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = _nearest_existing(path)
     if not existing.is_dir():
         what = "is a file" if existing == path else f"cannot be created: {existing} is a file"
         raise pytest.UsageError(f"{flag} {path}: {what}; give a folder")
@@ -99,9 +103,7 @@ def check_report_target(path: Path) -> None:
     """Create the report's folder and write a scratch file in it now, so that a bad place fails before the run."""
     if path.is_dir():
         raise pytest.UsageError(f"--quant-report {path}: is a folder; give a file path ending in .md, .json or .html")
-    existing = path.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = _nearest_existing(path.parent)
     if not existing.is_dir():
         raise pytest.UsageError(f"--quant-report {path}: cannot create its folder: {existing} is a file; give a path "
                                 "in a writable folder")

@@ -79,7 +79,8 @@ def test_corrupt_model_config_is_a_usage_error_naming_file_and_json_error(pytest
 def test_recipes_not_a_table_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makepyprojecttoml("[tool.pytest-quant]\nrecipes = 3\n")
     pytester.makepyfile(GATED)
-    usage_error(pytester.runpytest(*FAST), "*[[]tool.pytest-quant[]]: 'recipes' is 3; expected a table of recipe tables*")
+    usage_error(pytester.runpytest(*FAST),
+                "*[[]tool.pytest-quant[]]: 'recipes' is 3; expected a table of recipe tables*")
 
 
 def test_path_option_in_space_form_outside_the_project_shows_the_equals_form(
@@ -118,8 +119,9 @@ def test_path_option_in_space_form_inside_the_project_is_fine(pytester: pytest.P
      "field 'bnb_4bit_quant_type' is 'nf5'; accepted: nf4, fp4"),
     ("gptqmodel", "bits = 3.5", "field 'bits' is 3.5; accepted: 2, 3, 4 or 8"),
     ("gptqmodel", 'kernel = "nosuch"', "field 'kernel' is 'nosuch'; accepted: auto, gptq_*"),
-    ("gptqmodel", 'calibration = "calib/missing.txt"', "field 'calibration' is 'calib/missing.txt': no such file in * (a relative path is read from the folder pytest "
-     "runs in)*"),
+    ("gptqmodel", 'calibration = "calib/missing.txt"',
+     "field 'calibration' is 'calib/missing.txt': no such file in * (a relative path is read from the folder "
+     "pytest runs in)*"),
 ], ids=["4bit-yes", "dtype-float17", "4bit-and-8bit", "nf5", "bits-3.5", "kernel-nosuch", "calibration-missing"])
 def test_bad_recipe_field_is_a_usage_error_naming_file_recipe_field_and_accepted(
         pytester: pytest.Pytester, backend: str, fields: str, message: str) -> None:
@@ -195,7 +197,8 @@ def test_q(quant_model):
 def test_cache_dir_that_is_a_file_is_a_usage_error(pytester: pytest.Pytester) -> None:
     (pytester.path / "cache").write_text("")
     pytester.makepyfile(GATED)
-    usage_error(pytester.runpytest(*FAST, "--quant-cache-dir", "cache"), "*--quant-cache-dir cache: is a file; give a folder")
+    usage_error(pytester.runpytest(*FAST, "--quant-cache-dir", "cache"),
+                "*--quant-cache-dir cache: is a file; give a folder")
     usage_error(pytester.runpytest(*FAST, "--quant-cache-dir", "cache/sub"),
                 "*--quant-cache-dir cache/sub: cannot be created: cache is a file; give a folder")
 
