@@ -180,17 +180,18 @@ def test_eval_text_far_shorter_than_asked_warns_with_the_scored_count(pytester: 
     pytester.makepyfile("""
 import pytest
 
-@pytest.mark.perplexity_delta(max=0)
+@pytest.mark.vram_budget("1 KiB")
 def test_q(quant_model):
-    pass
+    assert quant_model.quality.tokens_scored == 3
 """)
     result = pytester.runpytest(*FAST, "--quant-eval-text", "eval.txt", *(["--quant-strict"] if strict else []))
     scored = "*only 3 tokens of eval.txt scored, of the 512 asked for (--quant-eval-tokens)*"
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
     if strict:
-        assert result.ret == pytest.ExitCode.TESTS_FAILED
         result.stdout.fnmatch_lines([scored + "(--quant-strict)"])
-    else:
-        assert result.ret == pytest.ExitCode.OK  # the reference gates nothing against itself
+    else:  # the violated gate's message says how few tokens its figures rest on
+        result.stdout.fnmatch_lines(["*pytest-quant gate violations*", "*VRAM budget 1.00 KiB exceeded*",
+                                     "    " + scored.removeprefix("*")])
         result.stdout.fnmatch_lines(["*PytestWarning: pytest-quant: " + scored])
 
 
