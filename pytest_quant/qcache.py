@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 MANIFEST = "pytest-quant-manifest.json"
 FORMAT = 1  # bump when the layout or the meaning of the key changes
@@ -219,3 +219,33 @@ def _write_atomically(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@dataclass(frozen=True)
+class Built:
+    """What ``build`` hands back: the entry's folder, "hit"/"miss"/"rebuilt", the builder's info (fresh or as
+    recorded when the entry was made) and, for a rebuilt entry, what was wrong with the old one."""
+
+    path: Path
+    status: str
+    info: Mapping[str, Any]
+    problem: str | None = None
+
+
+def build(root: Path, key: str, inputs: Mapping[str, Any], make: "Callable[[Path], Mapping[str, Any]]") -> Built:
+    """The entry for ``key`` under ``root``: reused when valid, else made by ``make(staging folder) -> info``
+    and published; one process builds while others wait on the lock; a failed build leaves nothing behind."""
+    import shutil
+
+    with locked(root, key):
+        found = lookup(root, key, inputs)
+        if found.entry is not None:
+            return Built(found.entry.path, "hit", dict(found.entry.manifest.get("info", {})))
+        staged = staging_dir(root, key)
+        try:
+            info = dict(make(staged))
+            path = publish(root, key, staged, inputs, info).path
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        return Built(path, "rebuilt" if found.problem else "miss", info, found.problem)

@@ -192,7 +192,7 @@ def test_fixtures_expose_model_recipe_device_and_reference(pytester: pytest.Pyte
         """
 def test_surface(quant_model, quant_recipe, quant_reference):
     assert quant_model.recipe is quant_recipe and quant_recipe.name == "bnb-nf4"
-    assert quant_model.device == "cpu" and quant_model.model_name == "tiny"
+    assert quant_model.device == "cpu" and quant_model.measurements.model == "tiny"
     assert type(quant_model.model).__name__ == "LlamaForCausalLM"
     assert quant_model.tokenizer("Anne")["input_ids"]
     assert quant_reference.recipe == "reference" and quant_reference.quality.perplexity > 1

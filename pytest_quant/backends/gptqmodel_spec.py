@@ -72,13 +72,6 @@ def _gptqmodel():
 
 
 
-def _gptqmodel():
-    prepare_environment()
-    import gptqmodel
-
-    return gptqmodel
-
-
 def available_kernels(method: str) -> list[str]:
     """GPTQModel's backend names for ``method`` (e.g. gptq_torch, gptq_triton, gptq_marlin), and "auto"."""
     from gptqmodel.utils.backend import BACKEND

@@ -11,7 +11,6 @@ Not run on this project's CPU machines; ``benchmarks/BACKENDS_NOTES.md`` records
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from . import Loaded, default_dtype, load_tokenizer
@@ -97,13 +96,5 @@ def load(request) -> Loaded:
 
 def _calibration_windows(request, settings: dict[str, Any], tokenizer):
     from .. import calibration as calib
-    from ..models import embedded_calibration_text
 
-    source = settings.get("calibration") or request.calibration_text or embedded_calibration_text()
-    built = calib.build(
-        Path(source),
-        tokenizer,
-        samples=settings.get("calibration_samples", 32),
-        seq_len=settings.get("calibration_seq_len", 256),
-    )
-    return built.windows
+    return calib.for_recipe(settings, request.calibration_text, tokenizer).windows

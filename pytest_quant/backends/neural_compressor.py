@@ -11,7 +11,6 @@ backends' (``torch_dynamic.memory_footprint``) for ``notes["footprint_bytes"]``.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from . import Loaded, load_tokenizer
@@ -102,14 +101,7 @@ def load(request) -> Loaded:
 
 def _calibration_windows(request, settings: dict[str, Any], tokenizer, notes: dict[str, Any]):
     from .. import calibration as calib
-    from ..models import embedded_calibration_text
 
-    source = settings.get("calibration") or request.calibration_text or embedded_calibration_text()
-    built = calib.build(
-        Path(source),
-        tokenizer,
-        samples=settings.get("calibration_samples", 32),
-        seq_len=settings.get("calibration_seq_len", 256),
-    )
+    built = calib.for_recipe(settings, request.calibration_text, tokenizer)
     notes["calibration"] = {"source": built.source, "samples": built.samples, "seq_len": built.seq_len}
     return built.windows

@@ -14,7 +14,6 @@ onnxruntime. ``OrtCausalLM`` duck-types what the plugin's measurements call on a
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -76,22 +75,14 @@ def load(request) -> Loaded:
         root = Path(request.cache_dir) / CACHE_SUBDIR
         inputs = cache_inputs(request.model_path, settings, root)
         key = qcache.cache_key(inputs)
-        with qcache.locked(root, key):
-            found = qcache.lookup(root, key, inputs)
-            if found.entry is not None:
-                folder, cache = found.entry.path, "hit"
-                seconds = float(found.entry.manifest.get("info", {}).get("quantize_seconds", 0.0))
-            else:
-                staged = qcache.staging_dir(root, key)
-                try:
-                    seconds = export_and_quantize(request.model_path, settings, staged)
-                    folder = qcache.publish(root, key, staged, inputs, {"quantize_seconds": seconds}).path
-                except BaseException:
-                    shutil.rmtree(staged, ignore_errors=True)
-                    raise
-                cache = "rebuilt" if found.problem else "miss"
-                if found.problem:
-                    notes["cache_problem"] = found.problem
+        built = qcache.build(root, key, inputs,
+                             lambda staged: {"quantize_seconds": export_and_quantize(request.model_path, settings, staged)})
+        folder, cache = built.path, built.status
+        seconds = float(built.info.get("quantize_seconds", 0.0)) if built.status != "hit" else 0.0
+        if built.status == "hit":
+            notes["quantize_seconds_when_cached"] = built.info.get("quantize_seconds")
+        if built.problem:
+            notes["cache_problem"] = built.problem
         notes["cache_key"] = key
     notes["onnx_dir"] = str(folder)
     request.before_load()
