@@ -235,7 +235,7 @@ def test_quantization_method_reads_only_the_config(tmp_path: Path) -> None:
     for method, qc in cases.items():
         folder = tmp_path / method
         folder.mkdir()
-        (folder / "conficheckpoint.json").write_text(json.dumps({"model_type": "llama", "quantization_config": qc}))
+        (folder / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config": qc}))
         assert checkpoint.quantization_method(folder) == method
     with pytest.raises(ValueError, match="cannot read the model config"):
         checkpoint.quantization_method(tmp_path)
@@ -248,7 +248,7 @@ def test_quantization_method_reads_only_the_config(tmp_path: Path) -> None:
 
 
 def test_prequantized_refuses_an_unquantized_model() -> None:
-    with pytest.raises(ValueError, match="conficheckpoint.json has no quantization_config; recipe 'prequantized' needs"):
+    with pytest.raises(ValueError, match="config.json has no quantization_config; recipe 'prequantized' needs"):
         prequantized.load(backends.LoadRequest(TINY_DIR, prequantized.PREQUANTIZED, "cpu"))
 
 
