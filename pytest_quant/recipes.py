@@ -93,7 +93,8 @@ BUILTIN_RECIPES: dict[str, Recipe] = {
                  quant_type="int8_weight_only"),
         _builtin("torchao-int8dq", "torchao", "torchao int8 dynamic activation + int8 weight",
                  quant_type="int8_dynamic_activation_int8_weight"),
-        _builtin("torchao-int4wo-g128", "torchao", "torchao int4 weight-only, group size 128 (CUDA)", devices=("cuda",),
+        _builtin("torchao-int4wo-g128", "torchao", "torchao int4 weight-only, group size 128 (CUDA; torchao 0.18's "
+                 "default int4 layout needs the mslk library: named on purpose)", devices=("cuda",), default=False,
                  quant_type="int4_weight_only", group_size=128),
         _builtin("torchao-fp8", "torchao", "torchao float8 dynamic activation + float8 weight (CUDA, compute "
                  "capability 8.9+)", devices=("cuda",), quant_type="float8_dynamic_activation_float8_weight"),
