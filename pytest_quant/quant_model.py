@@ -26,7 +26,10 @@ def holders(obj) -> list[str]:
     import sys
     import types
 
-    modules = {id(vars(m)): m.__name__ for m in list(sys.modules.values()) if hasattr(m, "__dict__")}
+    # sys.modules may hold objects that are not modules (Cython's parallel helper, lazy loaders): name what
+    # has a name, never fail the release check over it
+    modules = {id(m.__dict__): name for name, m in list(sys.modules.items())
+               if isinstance(m, types.ModuleType) and isinstance(getattr(m, "__dict__", None), dict)}
     found = []
     for ref in gc.get_referrers(obj):  # plain loops: a comprehension would hold obj in a cell of its own
         if id(ref) in modules:

@@ -25,6 +25,17 @@ QUALITY = {
     "awq-w4g128": (0.05, 0.05, 85.0),
     "gptq-w8g128": (0.01, 0.005, 95.0),
 }
+# Quantizations that are calibrated move between machines and library builds (thread count, vector
+# instructions): repeated cold quantizations on one machine are bit-identical (benchmarks/RESULTS.md), but
+# across the quantizations measured they moved by up to the figures beside; these tolerances cover them with
+# about 2x margin (metric -> tolerance, per device kind).
+BASELINE_TOLERANCE = {
+    # gptq-w4g128: perplexity moved 0.103 on CPU, 0.199 on the H100; top-1 0.21 points
+    "gptq-w4g128": {"cpu": {"perplexity": 0.2}, "cuda": {"perplexity": 0.4}},
+    # awq-w4g128: perplexity moved 0.276, top-1 0.31 points (CPU)
+    "awq-w4g128": {"cpu": {"perplexity": 0.5, "top1_agreement_percent": 0.6},
+                   "cuda": {"perplexity": 0.5, "top1_agreement_percent": 0.6}},
+}
 # recipe bits -> CPU footprint at most this fraction of the fp32 reference's. On GPU the reference is
 # 16-bit and the embedded model's untouched embedding (8192 x 256, a third of its weights) keeps a 4-bit
 # recipe near half the reference's resident memory, so there memory is gated against the stored baseline only.
@@ -52,6 +63,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         name = pair.recipe.name
         test = item.originalname
         if test == "test_quality":
+            wider = BASELINE_TOLERANCE.get(name, {}).get("cuda" if on_gpu(config) else "cpu", {})
+            if "perplexity" in wider:
+                item.add_marker(pytest.mark.perplexity_delta(vs="baseline", tolerance=wider["perplexity"]))
+            if "top1_agreement_percent" in wider:
+                item.add_marker(pytest.mark.kl_divergence(
+                    vs="baseline", tolerance={"top1_agreement_percent": wider["top1_agreement_percent"]}))
             max_rel, max_kl, min_top1 = QUALITY.get(name, (0.05, 0.05, 85.0))
             item.add_marker(pytest.mark.perplexity_delta(max_rel=max_rel))
             item.add_marker(pytest.mark.kl_divergence(max_mean=max_kl, min_top1=min_top1))
