@@ -95,6 +95,7 @@ def test_quantized_model_stays_close_to_the_reference(gptq_first, reference, eva
     assert (logits(gptq_first.model, eval_ids) - logits(reference.model, eval_ids)).abs().max() > 0.01
 
 
+@pytest.mark.slow  # quantizes a second time: minutes on 2 cores
 def test_corrupt_entry_is_detected_and_rebuilt(gptq_first, cache_dir, eval_ids, tmp_path: Path) -> None:
     copy = tmp_path / "cache"
     shutil.copytree(cache_dir, copy)
@@ -270,6 +271,7 @@ def test_gptq_save_pretrained_round_trip(gptq_second, tmp_path: Path) -> None:
     assert result.ok, result
 
 
+@pytest.mark.slow  # AWQ on 2 CPU cores takes many minutes; the main command's cold gate quantizes it end to end
 def test_awq_quantizes_without_a_cache_and_round_trips(reference, eval_ids, tmp_path: Path) -> None:
     awq = load(TINY_DIR, recipe("awq-w4g128", calibration_samples=8, calibration_seq_len=128), None)
     assert awq.cache == "" and awq.quantize_seconds > 0 and "cache_key" not in awq.notes
