@@ -161,11 +161,9 @@ def build(source: Path, tokenizer, samples: int = DEFAULT_SAMPLES, seq_len: int 
     return Calibration(str(source), seq_len, samples, tuple(windows), len(stream))
 
 
-def for_recipe(settings: dict, fallback: Path | None, tokenizer, samples: int = 32, seq_len: int = 256) -> Calibration:
-    """A recipe's calibration: its own ``calibration`` file, else ``fallback`` (the session's), else the embedded
-    calibration text; ``calibration_samples`` / ``calibration_seq_len`` from the recipe, else these defaults."""
-    from .models import embedded_calibration_text
-
-    source = settings.get("calibration") or fallback or embedded_calibration_text()
+def for_recipe(settings: dict, fallback: Path, tokenizer, samples: int = 32, seq_len: int = 256) -> Calibration:
+    """A recipe's calibration: its own ``calibration`` file, else ``fallback`` (the session's text);
+    ``calibration_samples`` / ``calibration_seq_len`` from the recipe, else these defaults."""
+    source = settings.get("calibration") or fallback
     return build(Path(source), tokenizer, samples=settings.get("calibration_samples", samples),
                  seq_len=settings.get("calibration_seq_len", seq_len))

@@ -96,5 +96,6 @@ def load(request) -> Loaded:
 
 def _calibration_windows(request, settings: dict[str, Any], tokenizer):
     from .. import calibration as calib
+    from ..models import embedded_calibration_text
 
-    return calib.for_recipe(settings, request.calibration_text, tokenizer).windows
+    return calib.for_recipe(settings, request.calibration_text or embedded_calibration_text(), tokenizer).windows

@@ -101,7 +101,8 @@ def load(request) -> Loaded:
 
 def _calibration_windows(request, settings: dict[str, Any], tokenizer, notes: dict[str, Any]):
     from .. import calibration as calib
+    from ..models import embedded_calibration_text
 
-    built = calib.for_recipe(settings, request.calibration_text, tokenizer)
+    built = calib.for_recipe(settings, request.calibration_text or embedded_calibration_text(), tokenizer)
     notes["calibration"] = {"source": built.source, "samples": built.samples, "seq_len": built.seq_len}
     return built.windows
