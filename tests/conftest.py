@@ -41,3 +41,15 @@ def run_quant(pytester: pytest.Pytester):
         return pytester.runpytest(*FAST, "-p", "no:cacheprovider", *args)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The embedded model in float32 on CPU and its tokenizer, loaded once per test module."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pytest_quant.models import TINY_DIR
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_DIR)
+    model = AutoModelForCausalLM.from_pretrained(TINY_DIR, dtype=torch.float32).eval()
+    return model, tokenizer

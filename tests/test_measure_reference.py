@@ -18,19 +18,9 @@ from pytest_quant.measure.reference import (
     parse_top_k,
     save_reference,
 )
-from pytest_quant.models import TINY_DIR, embedded_eval_text
+from pytest_quant.models import embedded_eval_text
 
 TOKENS = 1024  # two 512-token windows
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch = pytest.importorskip("torch")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(TINY_DIR)
-    model = AutoModelForCausalLM.from_pretrained(TINY_DIR, dtype=torch.float32).eval()
-    return model, tokenizer
 
 
 @pytest.fixture(scope="module")

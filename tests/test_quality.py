@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from pytest_quant.measure.quality import EvalSpec, evaluate, model_max_positions, prepare, rolling_windows
-from pytest_quant.models import TINY_DIR, embedded_eval_text
+from pytest_quant.models import embedded_eval_text
 
 TOKENS = 1500  # three 512-token windows: fast on a 2-core CPU, and the last window is a partial one
 
@@ -119,16 +119,6 @@ def test_importing_quality_does_not_import_torch() -> None:
     code = "import sys, pytest_quant.measure.quality; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch = pytest.importorskip("torch")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(TINY_DIR)
-    model = AutoModelForCausalLM.from_pretrained(TINY_DIR, dtype=torch.float32).eval()
-    return model, tokenizer
 
 
 @pytest.fixture(scope="module")
