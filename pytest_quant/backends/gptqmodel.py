@@ -28,7 +28,7 @@ from typing import Any
 
 from .. import calibration as calib
 from .. import qcache
-from ..hardware import device_kind, free_device_memory, library_versions
+from ..hardware import device_kind, library_versions
 from . import Loaded, LoadRequest
 from .checkpoint import load_checkpoint
 from .common import default_dtype, load_tokenizer, quantized_linear_classes
@@ -125,26 +125,20 @@ def load(request: LoadRequest) -> Loaded:
         root = Path(request.cache_dir) / CACHE_SUBDIR
         inputs = cache_inputs(request.model_path, spec, calibration, request.device, memo_dir=root)
         key = qcache.cache_key(inputs)
-        with qcache.locked(root, key):
-            found = qcache.lookup(root, key, inputs)
-            if found.entry is not None:
-                cache, saved = "hit", found.entry.path
-                notes["quantize_seconds_when_cached"] = found.entry.manifest.get("info", {}).get("quantize_seconds")
-            else:
-                staged = qcache.staging_dir(root, key)
-                try:
-                    child = quantize_in_child(request.model_path, spec, calibration, request.device, staged,
-                                              request.recipe.name)
-                    seconds = child["seconds"]
-                    notes["quantize_child"] = child["determinism"]
-                    saved = qcache.publish(root, key, staged, inputs,
-                                           {"quantize_seconds": seconds, "quantize_child": child["determinism"]}).path
-                except BaseException:
-                    shutil.rmtree(staged, ignore_errors=True)
-                    raise
-                cache = "rebuilt" if found.problem else "miss"
-                if found.problem:
-                    notes["cache_problem"] = found.problem
+
+        def make(staged: Path) -> dict[str, Any]:
+            child = quantize_in_child(request.model_path, spec, calibration, request.device, staged, request.recipe.name)
+            return {"quantize_seconds": child["seconds"], "quantize_child": child["determinism"]}
+
+        built = qcache.build(root, key, inputs, make)
+        saved, cache = built.path, built.status
+        if built.status == "hit":
+            notes["quantize_seconds_when_cached"] = built.info.get("quantize_seconds")
+        else:
+            seconds = built.info["quantize_seconds"]
+            notes["quantize_child"] = built.info["quantize_child"]
+        if built.problem:
+            notes["cache_problem"] = built.problem
         notes["cache_key"] = key
     notes["checkpoint"] = str(saved)
     # The source model's dtype, as the reference runs in, whatever GPTQModel quantized in.
@@ -160,15 +154,6 @@ def load(request: LoadRequest) -> Loaded:
         cache=cache,
         notes=notes,
     )
-
-
-def _quantize_and_free(model_path: Path, spec: QuantSpec, calibration: calib.Calibration, device: str,
-                       out_dir: Path) -> float:
-    result = quantize(model_path, spec, calibration, device, out_dir)
-    seconds = result.seconds
-    del result
-    free_device_memory(device)
-    return seconds
 
 
 # -- quantizing in a child process ------------------------------------------------------------------------
