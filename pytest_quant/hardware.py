@@ -60,6 +60,47 @@ def hardware_key(device: str) -> str:
     return normalise_hardware_name(hardware_name(device)) if is_cuda(device) else "cpu"
 
 
+def visible_cuda_devices() -> tuple[str, ...]:
+    """'cuda:0' .. 'cuda:N-1' for the GPUs this process sees (after CUDA_VISIBLE_DEVICES)."""
+    import torch
+
+    return tuple(f"cuda:{i}" for i in range(torch.cuda.device_count()))
+
+
+def placement_devices(device: str, sharded: bool) -> tuple[str, ...]:
+    """The devices a model is loaded onto: ``device`` alone, or every visible GPU when spread over them."""
+    return visible_cuda_devices() if sharded and is_cuda(device) else (device,)
+
+
+def placement_key(devices: tuple[str, ...]) -> str:
+    """The hardware key of a placement: one device's key; 'nvidia-h100-80gb-hbm3-x2' for a model spread over
+    two GPUs of one kind; the kinds joined by '+' for mixed ones."""
+    keys = [hardware_key(d) for d in devices]
+    if len(set(keys)) == 1:
+        return keys[0] + (f"-x{len(keys)}" if len(keys) > 1 else "")
+    return "+".join(keys)
+
+
+def host_device(device: str, environ: dict[str, str] | None = None) -> str:
+    """The device as the host numbers it, for reports: 'cuda:3' for a process's 'cuda:0' when
+    CUDA_VISIBLE_DEVICES='3' (an xdist worker given GPU 3); 'cuda:0 (GPU-8f1...)' for a UUID entry."""
+    if not is_cuda(device):
+        return device
+    visible = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return device
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    index = device_index(device)
+    if index >= len(entries):
+        return device
+    return f"cuda:{entries[index]}" if entries[index].isdigit() else f"{device} ({entries[index]})"
+
+
+def placement_label(devices: tuple[str, ...]) -> str:
+    """'cuda:3', or 'cuda:0+cuda:1' for a model spread over two GPUs (host numbering)."""
+    return "+".join(host_device(d) for d in devices)
+
+
 @contextlib.contextmanager
 def nvml() -> Iterator[Any]:
     """pynvml, initialised for the block and shut down after it; None without nvidia-ml-py or a driver."""

@@ -220,6 +220,7 @@ METRICS: tuple[Metric, ...] = (
 )
 METRIC: dict[str, Metric] = {m.key: m for m in METRICS}
 # Text fields every row carries, beside the metrics.
+BY_DEVICE = "vram_resident_by_device"
 TEXT_FIELDS = ("pair", "model", "recipe", "device", "kernel", "dtype", "hardware", "cache", "decode_mode")
 
 
@@ -231,4 +232,7 @@ def flat(m: Measurements) -> dict[str, Any]:
         value = metric.value(m)
         if value is not None:
             out[metric.key] = value
+    by_device = getattr(m.vram, "resident_bytes_by_device", None)
+    if by_device:  # a model spread over GPUs: what each holds (vram_resident_bytes is their sum)
+        out[BY_DEVICE] = ", ".join(f"{device} {format_bytes(n)}" for device, n in by_device.items())
     return out

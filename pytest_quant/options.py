@@ -19,9 +19,9 @@ from .models import EMBEDDED, ModelSource, embedded_eval_text, resolve_model
 
 def parse_device(value: str) -> str:
     value = value.strip().lower()
-    if value == "cpu" or re.fullmatch(r"cuda(:[0-9]+)?", value):
+    if value in ("cpu", "auto") or re.fullmatch(r"cuda(:[0-9]+)?", value):
         return "cuda:0" if value == "cuda" else value
-    raise argparse.ArgumentTypeError(f"--quant-device {value!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+    raise argparse.ArgumentTypeError(f"--quant-device {value!r}: expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
 
 
 def parse_recipe_names(value: str) -> tuple[str, ...]:
@@ -118,7 +118,8 @@ OPTIONS: tuple[Option, ...] = (
            parse_model, ini_type="linelist", action="append"),
     Option("--quant-recipes", "comma-separated recipe names (default: every built-in whose backend is installed)",
            parse_recipe_names),
-    Option("--quant-device", "device to run on: cpu, cuda or cuda:N (default: cuda:0 with --quant-gpu, else cpu)",
+    Option("--quant-device", "device to run on: cpu, cuda, cuda:N, or auto to spread each model over the visible GPUs "
+           "(accelerate's device_map='auto') (default: cuda:0 with --quant-gpu, else cpu; under xdist each worker's own GPU)",
            parse_device),
     Option("--quant-eval-text", "text file for perplexity and KL (default: the embedded held-out text)",
            parse_existing_file("--quant-eval-text")),
@@ -189,11 +190,22 @@ class QuantOptions:
     reference_top_k: int | str = DEFAULT_TOP_K
     decode_batch: int = 1
     prompts: Path | None = None  # --quant-prompts; None: pytest_quant.prompts.default_prompts
+    device_map: str | None = None  # "auto" (--quant-device auto): models spread over the visible GPUs; device = the first
+    device_given: str | None = None  # --quant-device as given (None: the default); pytest_quant.workers reads it
+
+    @property
+    def sharded(self) -> bool:
+        return self.device_map == "auto"
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> "QuantOptions":
         gpu = bool(value_or_ini(config, "--quant-gpu"))
-        device = value_or_ini(config, "--quant-device")
+        device = device_given = value_or_ini(config, "--quant-device")
+        device_map = None
+        if device == "auto":
+            if not gpu:
+                raise pytest.UsageError("--quant-device auto spreads each model over the visible GPUs: it needs --quant-gpu")
+            device, device_map = "cuda:0", "auto"  # inputs go where accelerate puts the embeddings: the first GPU
         if device is None:
             device = "cuda:0" if gpu else "cpu"
         elif is_cuda(device) and not gpu:
@@ -222,4 +234,6 @@ class QuantOptions:
             reference_top_k=value_or_ini(config, "--quant-reference-top-k") or DEFAULT_TOP_K,
             decode_batch=value_or_ini(config, "--quant-decode-batch") or 1,
             prompts=value_or_ini(config, "--quant-prompts"),
+            device_map=device_map,
+            device_given=device_given,
         )

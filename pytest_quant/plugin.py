@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from . import gates, hookspecs, startup
+from . import gates, hookspecs, startup, workers
 from .backends import BUILTIN_BACKENDS, Registry
 from .baselines.plugin import BaselinePlugin, add_ini
-from .options import QuantOptions, add_options
+from .options import QuantOptions, add_options, value_or_ini
 from .recipes import RecipeError, available_recipes
 from .report.properties import detail, properties
 from .report.summary import SummaryPlugin
@@ -36,6 +36,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, spec in gates.MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {spec.help}")
     config.addinivalue_line("markers", "quant_gpu: the test needs --quant-gpu (it skips without it)")
+    workers.apply_on_worker(config)  # an xdist worker's own GPU(s), before anything starts CUDA
     startup.check_space_form(config)  # before the options: the ini file they would be read from may be the wrong one
     options = QuantOptions.from_config(config)
     startup.check_start(config, options)
@@ -59,11 +60,27 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[SESSION_KEY] = QuantSession(options, recipes, registry, progress=_progress(config))
     except ValueError as exc:  # a model folder that changed since its option was parsed (an unreadable config.json)
         raise pytest.UsageError(str(exc)) from None
+    assigned = workers.assign_on_controller(config, options.gpu, options.device_given, options.sharded,
+                                            tuple(p.id for p in config.stash[SESSION_KEY].pairs))
+    if assigned:
+        config.stash[SESSION_KEY].progress(assigned)
     config.pluginmanager.register(SummaryPlugin(config, options), "quant-summary")
     # vs="baseline" markers compare with <baseline dir>/<model>/<hardware>/<test id>.json
     config.pluginmanager.register(
-        BaselinePlugin(config, options.baseline_dir, options.device, options.eval_text, [r.name for r in recipes]),
+        BaselinePlugin(config, options.baseline_dir, options.device, options.eval_text, [r.name for r in recipes],
+                       sharded=options.sharded),
         "quant-baselines")
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto`` with --quant-gpu: one worker per visible GPU (None: xdist's own count, one per CPU)."""
+    try:
+        options_gpu = bool(value_or_ini(config, "--quant-gpu"))
+        shard = value_or_ini(config, "--quant-device") == "auto"
+        return workers.auto_workers(options_gpu, shard)
+    except Exception:  # a bad option or no torch: pytest_configure reports it with its own message
+        return None
 
 
 def _progress(config: pytest.Config):

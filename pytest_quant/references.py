@@ -75,7 +75,7 @@ class References:
     # -- the disk cache ------------------------------------------------------------------------------
     def _path(self, model: ModelSource) -> tuple[Path, str]:
         from .backends.common import default_dtype
-        from .hardware import device_kind, library_versions
+        from .hardware import library_versions, placement_key
         from .qcache import model_fingerprint
 
         options = self._session.options
@@ -89,7 +89,9 @@ class References:
             "windows": digest.hexdigest(),
             "eval_batch_windows": self._session.eval_batch_windows,
             "dtype": str(default_dtype(model.path, options.device)),
-            "device": device_kind(options.device),
+            # the GPU kind, not just "cuda": the cached figures include its VRAM, and workers of one host may
+            # have different GPUs (a model spread over GPUs: all of them)
+            "hardware": placement_key(self._session.devices),
             "top_k": str(options.reference_top_k),
             "versions": library_versions(KEY_LIBRARIES),
         }

@@ -17,7 +17,7 @@ import pytest
 from .backends import LoadRequest, Registry
 from .backends.checkpoint import quantization_method
 from .backends.prequantized import PREQUANTIZED
-from .hardware import device_kind, free_device_memory, hardware_name
+from .hardware import device_kind, free_device_memory, hardware_name, placement_devices, placement_label
 from .metrics import Measurements
 from .models import ModelSource, embedded_calibration_text
 from .options import QuantOptions
@@ -57,6 +57,19 @@ class QuantSession:
         self.eval_batch_windows = EVAL_BATCH_WINDOWS
         self._prompts = None
         self.live: QuantModel | None = None
+        self._devices: tuple[str, ...] | None = None
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """Where models load: the session's device, or every visible GPU under --quant-device auto."""
+        if self._devices is None:
+            self._devices = placement_devices(self.options.device, self.options.sharded)
+        return self._devices
+
+    @property
+    def device_label(self) -> str:
+        """The placement as reports show it, in the host's numbering ('cuda:3' in an xdist worker given GPU 3)."""
+        return placement_label(self.devices)
 
     @staticmethod
     def _pairs_of(model: ModelSource, recipes: list[Recipe]) -> list[Pair]:
@@ -72,7 +85,7 @@ class QuantSession:
 
     def known(self, pair: Pair) -> Measurements:
         """What is measured of ``pair`` so far, with its reference's figures beside."""
-        m = self._known.get(pair.id) or Measurements(pair.model.name, pair.recipe.name, self.options.device,
+        m = self._known.get(pair.id) or Measurements(pair.model.name, pair.recipe.name, self.device_label,
                                                      is_reference=pair.recipe.is_reference)
         ref = None if pair.recipe.is_reference else self.reference_pair(pair.model)
         if ref is not None and ref.id in self._known:
@@ -84,7 +97,7 @@ class QuantSession:
         self._update(pair, **figures)
 
     def _update(self, pair: Pair, **figures) -> None:
-        base = self._known.get(pair.id) or Measurements(pair.model.name, pair.recipe.name, self.options.device,
+        base = self._known.get(pair.id) or Measurements(pair.model.name, pair.recipe.name, self.device_label,
                                                         is_reference=pair.recipe.is_reference)
         self._known[pair.id] = dataclasses.replace(base, **figures)
 
@@ -106,16 +119,18 @@ class QuantSession:
         from .measure.vram import VramTracker
 
         trackers: list[VramTracker] = []
-        device = self.options.device
-        self.progress(f"loading {pair.model.name} under {pair.recipe.name} on {device}")
+        device, devices = self.options.device, self.devices
+        self.progress(f"loading {pair.model.name} under {pair.recipe.name} on {self.device_label}")
         start = time.perf_counter()
         loaded = self.registry[pair.recipe.backend].load_model(LoadRequest(
             model_path=pair.model.path, recipe=pair.recipe, device=device, cache_dir=Path(self.options.cache_dir),
-            calibration_text=embedded_calibration_text(), before_load=lambda: trackers.append(VramTracker(device))))
+            calibration_text=embedded_calibration_text(), device_map=self.options.device_map,
+            before_load=lambda: trackers.append(VramTracker(device, devices))))
         tracker = trackers[-1]
         load_s = time.perf_counter() - start
         tracker.loaded()
-        self._update(pair, hardware=hardware_name(device), kernel=loaded.kernel, dtype=loaded.dtype, cache=loaded.cache,
+        hardware = ", ".join(dict.fromkeys(hardware_name(d) for d in devices))
+        self._update(pair, hardware=hardware, kernel=loaded.kernel, dtype=loaded.dtype, cache=loaded.cache,
                      load_s=load_s, quantize_s=loaded.quantize_seconds or None)
         quantized = f", quantized in {loaded.quantize_seconds:.1f} s" if loaded.quantize_seconds else ""
         cache = f", cache {loaded.cache}" if loaded.cache else ""
@@ -137,7 +152,7 @@ class QuantSession:
             self.live = None
         model = weakref.ref(qm.model) if qm.model is not None else lambda: None
         qm.model = qm.tokenizer = qm._tracker = None
-        left = free_device_memory(self.options.device) - qm._allocated_before_bytes
+        left = sum(free_device_memory(d) for d in self.devices) - qm._allocated_before_bytes
         if left > RELEASE_SLACK_BYTES:
             held = holders(model()) if model() is not None else []
             warnings.warn(pytest.PytestWarning(
@@ -206,7 +221,9 @@ class QuantSession:
         self.progress(f"{qm._pair.id}: timing prefill and {settings['decode_tokens']} decode steps at batch {batch} "
                       f"({settings['warmup_runs']} warm-up + {settings['repeats']} timed runs)")
         start = time.perf_counter()
-        throughput = measure_throughput(qm.model, prompt, batch_size=batch, **settings)
+        # a model spread over GPUs decodes eagerly: accelerate's hooks move tensors between devices on the host
+        mode = "eager" if self.options.sharded else "auto"
+        throughput = measure_throughput(qm.model, prompt, batch_size=batch, mode=mode, **settings)
         timing_s = time.perf_counter() - start
         if throughput.fallback_reason:
             self.progress(f"{qm._pair.id}: decode timed eagerly: {throughput.fallback_reason}")

@@ -45,7 +45,7 @@ def test_cuda_device_needs_quant_gpu(pytester: pytest.Pytester) -> None:
 def test_bad_device_names_the_value(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--quant-device", "gpu0")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--quant-device 'gpu0': expected 'cpu', 'cuda' or 'cuda:N'*"])
+    result.stderr.fnmatch_lines(["*--quant-device 'gpu0': expected 'cpu', 'cuda', 'cuda:N' or 'auto'*"])
 
 
 def test_default_recipes_are_every_installed_builtin(pytester: pytest.Pytester) -> None:

@@ -27,6 +27,12 @@ class LoadRequest:
     # Called right before the model that will be measured starts loading, after any quantization:
     # memory is measured from there, so a one-off quantization does not count against a VRAM budget.
     before_load: Callable[[], None] = lambda: None
+    device_map: str | None = None  # "auto": spread the model over the visible GPUs (--quant-device auto)
+
+    @property
+    def placement(self) -> str:
+        """What a backend passes as ``device_map``: the device, or "auto"."""
+        return self.device_map or self.device
 
 
 @dataclass

@@ -52,7 +52,7 @@ def load(request: LoadRequest) -> Loaded:
         options.setdefault("bnb_4bit_compute_dtype", dtype)
     config = BitsAndBytesConfig(**options)
     model = AutoModelForCausalLM.from_pretrained(
-        request.model_path, quantization_config=config, dtype=dtype, device_map=request.device
+        request.model_path, quantization_config=config, dtype=dtype, device_map=request.placement
     )
     kernel = quantized_linear_classes(model)
     if dequantize:

@@ -49,8 +49,10 @@ def requirements(model_path: Path) -> tuple[str, ...]:
     return REQUIRES_BY_METHOD.get(quantization_method(model_path) or "", ())
 
 
-def load_checkpoint(path: Path, device: str, kernel: str | None = None, dtype=None, **load_options):
-    """Load a quantized checkpoint folder with transformers, with an explicit kernel for GPTQ and AWQ."""
+def load_checkpoint(path: Path, device: str, kernel: str | None = None, dtype=None, device_map: str | None = None,
+                    **load_options):
+    """Load a quantized checkpoint folder with transformers, with an explicit kernel for GPTQ and AWQ, onto
+    ``device`` (or spread by ``device_map="auto"``)."""
     from transformers import AutoModelForCausalLM
 
     from .common import default_dtype
@@ -83,7 +85,7 @@ def load_checkpoint(path: Path, device: str, kernel: str | None = None, dtype=No
         # "You passed `quantization_config` ... loading attributes will be overwritten": that is the point.
         warnings.filterwarnings("ignore", message="You passed `quantization_config`")
         model = AutoModelForCausalLM.from_pretrained(
-            path, device_map=device, dtype=dtype, **({"quantization_config": config} if config is not None else {})
+            path, device_map=device_map or device, dtype=dtype, **({"quantization_config": config} if config is not None else {})
         )
     model.eval()
     return model, method, kernel

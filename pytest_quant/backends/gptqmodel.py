@@ -144,7 +144,8 @@ def load(request: LoadRequest) -> Loaded:
     # The source model's dtype, as the reference runs in, whatever GPTQModel quantized in.
     dtype = default_dtype(request.model_path, request.device)
     request.before_load()
-    model, _, _ = load_checkpoint(saved, request.device, spec.kernel, dtype=dtype, **spec.load_options)
+    model, _, _ = load_checkpoint(saved, request.device, spec.kernel, dtype=dtype, device_map=request.device_map,
+                                **spec.load_options)
     return Loaded(
         model,
         tokenizer,

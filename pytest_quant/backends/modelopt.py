@@ -69,7 +69,7 @@ def load(request) -> Loaded:
 
     dtype = default_dtype(request.model_path, request.device)
     tokenizer = load_tokenizer(request.model_path)
-    model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=dtype, device_map=request.device)
+    model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=dtype, device_map=request.placement)
     model.eval()
     windows = _calibration_windows(request, settings, tokenizer)
 

@@ -22,7 +22,8 @@ def load(request: LoadRequest) -> Loaded:
             f"{request.model_path}: config.json has no quantization_config; recipe {PREQUANTIZED.name!r} needs a "
             "pre-quantized checkpoint"
         )
-    model, method, kernel = load_checkpoint(request.model_path, request.device, request.recipe.get("kernel"))
+    model, method, kernel = load_checkpoint(request.model_path, request.device, request.recipe.get("kernel"),
+                                            device_map=request.device_map)
     notes = {"method": method, "checkpoint": str(request.model_path)}
     if kernel:
         notes["kernel_requested"] = kernel

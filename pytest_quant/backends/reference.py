@@ -22,6 +22,6 @@ def load(request: LoadRequest) -> Loaded:
 
     name = request.recipe.get("dtype")
     dtype = getattr(torch, name) if name else default_dtype(request.model_path, request.device)
-    model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=dtype, device_map=request.device)
+    model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=dtype, device_map=request.placement)
     model.eval()
     return Loaded(model, load_tokenizer(request.model_path), str(dtype).removeprefix("torch."), kernel="Linear")

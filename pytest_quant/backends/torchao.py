@@ -157,7 +157,7 @@ def load(request) -> Loaded:
     config = TorchAoConfig(quant_config(settings), **passthrough)
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(
-        request.model_path, quantization_config=config, dtype=dtype, device_map=request.device
+        request.model_path, quantization_config=config, dtype=dtype, device_map=request.placement
     )
     model.eval()
     seconds = time.perf_counter() - start  # quantization happens inside the load

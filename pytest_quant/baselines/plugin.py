@@ -25,11 +25,12 @@ class BaselinePlugin:
     """Collection-time bookkeeping of which tests own which baseline files, setup checks, and the
     terminal summary's list of baselines that improved beyond their tolerance."""
 
-    def __init__(self, config: pytest.Config, baseline_dir: Path, device: str, eval_text: Path, recipes: list[str]):
+    def __init__(self, config: pytest.Config, baseline_dir: Path, device: str, eval_text: Path, recipes: list[str],
+                 sharded: bool = False):
         root = baseline_dir if baseline_dir.is_absolute() else config.invocation_params.dir / baseline_dir
         self.config = config
         self.settings = BaselineSettings(root=root, device=device, rootpath=config.rootpath, eval_text=eval_text,
-                                         recipes=frozenset(recipes),
+                                         recipes=frozenset(recipes), sharded=sharded,
                                          ini_tolerances=parse_tolerance_ini(config.getini(TOLERANCE_INI)))
         config.stash[SETTINGS_KEY] = self.settings
         self.errors: dict[str, str] = {}

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ..hardware import device_kind, environment, hardware_key
+from ..hardware import device_kind, environment, hardware_key, placement_devices, placement_key
 from .rules import RULE
 
 SETTINGS_KEY = pytest.StashKey["BaselineSettings"]()
@@ -31,6 +31,7 @@ class BaselineSettings:
     _environment: dict[str, Any] | None = None
     _eval_sha256: str | None = None
     identities: dict[str, dict[str, Any]] = field(default_factory=dict)  # pair id -> record.identity(...), once
+    sharded: bool = False  # --quant-device auto: the key names every GPU a model is spread over
 
     @property
     def device_kind(self) -> str:
@@ -39,7 +40,8 @@ class BaselineSettings:
     @property
     def hardware(self) -> str:
         if self._hardware is None:
-            self._hardware = hardware_key(self.device)
+            self._hardware = (placement_key(placement_devices(self.device, True)) if self.sharded
+                              else hardware_key(self.device))
         return self._hardware
 
     @property

@@ -253,6 +253,8 @@ def evaluate(
             if trim_logits and n_keep < input_ids.shape[1]:
                 kwargs["logits_to_keep"] = n_keep
             logits = model(input_ids=input_ids, **kwargs).logits
+            if logits.device != device:  # a model spread over GPUs returns them from its last one
+                logits = logits.to(device)
             for row, window in enumerate(batch):
                 n = window.n_scored
                 logprobs = logits[row, -n:].float().log_softmax(dim=-1)

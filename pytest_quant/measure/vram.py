@@ -30,6 +30,9 @@ class VramMeasurement:
     eval_peak_bytes: int | None = None  # allocator peak over the quality pass: reported, never budgeted
     nvml_process_bytes: int | None = None  # NVML's figure for this process when read (includes the CUDA context)
     phase_peak_bytes: dict[str, int] = field(default_factory=dict)  # every measured phase, by name
+    # a model spread over several GPUs (--quant-device auto): each GPU's resident bytes; the figures above are
+    # their sums (the peaks: the sum of each GPU's own peak). Empty on one device.
+    resident_bytes_by_device: dict[str, int] = field(default_factory=dict)
 
     @property
     def source(self) -> str:
@@ -38,22 +41,42 @@ class VramMeasurement:
 
 class VramTracker:
     """Started right before a model loads; ``loaded()`` once loading is over; ``phase(name)`` around each
-    measured phase; ``read(model)`` at the end."""
+    measured phase; ``read(model)`` at the end. ``devices``: every GPU the model may be spread over (default:
+    ``device`` alone); each is counted above its own start and the figures are summed."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, devices: tuple[str, ...] | None = None):
         self.device = device
         self.cuda = hardware.is_cuda(device)
-        self.allocated_before_bytes = 0
+        self.devices = tuple(devices or (device,)) if self.cuda else (device,)
+        self.before_bytes: dict[str, int] = {}
+        self.resident_by_device: dict[str, int] = {}
         self.resident_bytes: int | None = None
         self.load_peak_bytes: int | None = None
         self.phase_peak_bytes: dict[str, int] = {}
         if self.cuda:
             import torch
 
-            hardware.warm_cublas(device)  # cuBLAS's workspace is not the model's
+            for d in self.devices:
+                hardware.warm_cublas(d)  # cuBLAS's workspace is not the model's
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-            self.allocated_before_bytes = torch.cuda.memory_allocated(device)
+            for d in self.devices:
+                torch.cuda.reset_peak_memory_stats(d)
+                self.before_bytes[d] = int(torch.cuda.memory_allocated(d))
+
+    @property
+    def allocated_before_bytes(self) -> int:
+        return sum(self.before_bytes.values())
+
+    def _synchronize(self) -> None:
+        import torch
+
+        for d in self.devices:
+            torch.cuda.synchronize(d)
+
+    def _peak_above_start(self) -> int:
+        import torch
+
+        return sum(int(torch.cuda.max_memory_allocated(d)) - self.before_bytes[d] for d in self.devices)
 
     def loaded(self) -> None:
         """Note what the load left allocated (resident) and its peak."""
@@ -61,9 +84,10 @@ class VramTracker:
             return
         import torch
 
-        torch.cuda.synchronize(self.device)
-        self.resident_bytes = int(torch.cuda.memory_allocated(self.device) - self.allocated_before_bytes)
-        self.load_peak_bytes = int(torch.cuda.max_memory_allocated(self.device) - self.allocated_before_bytes)
+        self._synchronize()
+        self.resident_by_device = {d: int(torch.cuda.memory_allocated(d)) - self.before_bytes[d] for d in self.devices}
+        self.resident_bytes = sum(self.resident_by_device.values())
+        self.load_peak_bytes = self._peak_above_start()
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -73,13 +97,14 @@ class VramTracker:
             return
         import torch
 
-        torch.cuda.synchronize(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
+        self._synchronize()
+        for d in self.devices:
+            torch.cuda.reset_peak_memory_stats(d)
         try:
             yield
         finally:
-            torch.cuda.synchronize(self.device)
-            peak = int(torch.cuda.max_memory_allocated(self.device) - self.allocated_before_bytes)
+            self._synchronize()
+            peak = self._peak_above_start()
             self.phase_peak_bytes[name] = max(peak, self.phase_peak_bytes.get(name, 0))
 
     def read(self, model) -> VramMeasurement:
@@ -95,8 +120,10 @@ class VramTracker:
             load_peak_bytes=self.load_peak_bytes,
             generate_peak_bytes=self.phase_peak_bytes.get(GENERATE),
             eval_peak_bytes=self.phase_peak_bytes.get(EVALUATE),
-            nvml_process_bytes=nvml_process_bytes(self.device),
+            nvml_process_bytes=sum(filter(None, map(nvml_process_bytes, self.devices))) or None,
             phase_peak_bytes=dict(self.phase_peak_bytes),
+            resident_bytes_by_device=({hardware.host_device(d): b for d, b in self.resident_by_device.items()}
+                                      if len(self.devices) > 1 else {}),
         )
 
 

@@ -25,6 +25,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("device", "device", "device", text=True),
     Column("kernel", "kernel", "kernel", text=True),
     Column("vram_resident_bytes", "VRAM resident (CPU: footprint)", "VRAM", format_bytes),
+    Column("vram_resident_by_device", "VRAM resident per GPU", "per GPU", text=True, terminal=False),
     Column("vram_generate_peak_bytes", "VRAM peak generating", "gen peak", format_bytes, terminal=False),
     Column("decode_tokens_per_s", "decode tok/s", "decode tok/s", lambda v: f"{v:.1f}"),
     Column("decode_mode", "decode mode", "mode", text=True),
