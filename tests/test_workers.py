@@ -216,3 +216,57 @@ def test_a_pairs_tests_share_a_worker_and_the_controller_merges_rows_and_baselin
     again = pytester.runpytest_subprocess(*args)  # the baselines the workers wrote gate the next run
     again.assert_outcomes(passed=4)
     assert "unused" not in again.stdout.str().lower()
+
+
+# -- a model spread over GPUs: every GPU counted, the figures summed ------------------------------------------------
+class FakeAllocator:
+    """torch.cuda's allocator counters for two GPUs, moved by hand."""
+
+    def __init__(self) -> None:
+        self.allocated = {"cuda:0": 100, "cuda:1": 50}
+        self.peak = dict(self.allocated)
+
+    def set(self, device: str, value: int) -> None:
+        self.allocated[device] = value
+        self.peak[device] = max(self.peak[device], value)
+
+    def reset_peak(self, device) -> None:
+        self.peak[str(device)] = self.allocated[str(device)]
+
+
+def test_a_spread_model_is_counted_on_every_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from pytest_quant.measure import vram
+
+    fake = FakeAllocator()
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d: fake.allocated[str(d)])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: fake.peak[str(d)])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", fake.reset_peak)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(hardware, "warm_cublas", lambda d: None)
+    monkeypatch.setattr(vram, "nvml_process_bytes", lambda d: None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # a worker given host GPUs 2 and 3
+
+    tracker = vram.VramTracker("cuda:0", ("cuda:0", "cuda:1"))
+    fake.set("cuda:0", 1100)  # loading: 1000 resident on the first GPU after a transient 1500
+    fake.set("cuda:0", 1600)
+    fake.set("cuda:0", 1100)
+    fake.set("cuda:1", 850)  # 800 on the second
+    tracker.loaded()
+    with tracker.phase(vram.GENERATE):
+        fake.set("cuda:0", 1300)
+        fake.set("cuda:1", 900)
+    measured = tracker.read(SimpleNamespace(get_memory_footprint=lambda: 1790))
+    assert measured.resident_bytes == 1800
+    assert measured.resident_bytes_by_device == {"cuda:2": 1000, "cuda:3": 800}
+    assert measured.load_peak_bytes == 1500 + 800
+    assert measured.generate_peak_bytes == 1200 + 850
+    assert tracker.allocated_before_bytes == 150
+
+    from pytest_quant.metrics import Measurements, flat
+
+    row = flat(Measurements("m", "r", "cuda:2+cuda:3", vram=measured))
+    assert row["vram_resident_bytes"] == 1800
+    assert row["vram_resident_by_device"] == "cuda:2 1000 B, cuda:3 800 B"
