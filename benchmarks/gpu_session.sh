@@ -5,6 +5,9 @@
 #                                          # quickstart through the plugin on the 8B shape (reference + nf4, whole
 #                                          # session timed) and on the 1.1B shape (nf4, gptq, awq)
 #   bash benchmarks/gpu_session.sh gate    # the shipped gate cold with --snapshot-update, then warm; GPTQ/AWQ spread
+#   bash benchmarks/gpu_session.sh workers # (a kind with 2+ GPUs) the multi-GPU tests; the shipped gate's wall time
+#                                          # with one worker against one per GPU (warm cache); the 1.1B shape spread
+#                                          # over every GPU with --quant-device auto
 # Results land under $OUT (the device tool brings them back).
 set -uo pipefail
 OUT=${OUT:-/tmp/quant-out}; mkdir -p "$OUT"
@@ -39,6 +42,24 @@ PY
 }
 
 case "${1:-scale}" in
+workers)
+  python3 -m pytest tests/test_gpu_workers.py tests/test_workers.py -q -p no:cacheprovider 2>&1 | tail -15 \
+    | tee "$OUT/workers-tests.log"
+  n=$(python3 -c "import torch; print(torch.cuda.device_count())")
+  # cold, one worker per GPU (quantizes into the cache), then the timed warm runs: 1 worker, then $n
+  python3 -m pytest suites --quant-gpu -n "$n" --quant-cache-dir=/tmp/qc -p no:cacheprovider -q 2>&1 | tail -3
+  for w in 1 "$n"; do
+    timed python3 -m pytest suites --quant-gpu -n "$w" --quant-cache-dir=/tmp/qc -p no:cacheprovider -q 2>&1 \
+      | tail -2 | tee -a "$OUT/workers-wall.log"
+  done
+  python3 -c "import sys, argparse; sys.path.insert(0, 'benchmarks'); import bench_scale as b; \
+print('1b built in', round(b.build(argparse.Namespace(model_root='/tmp', device='cuda'), '1b'), 1), 's')"
+  quickstart
+  (cd /tmp/repo && timed python3 -m pytest tests --quant-model=/tmp/bench-scale-1b --quant-gpu --quant-device auto \
+     --quant-recipes bnb-nf4 --quant-report=/tmp/repo/spread.md -p no:cacheprovider 2>&1 | tail -12) \
+     | tee "$OUT/spread-1b.log"
+  cp /tmp/repo/spread.md "$OUT/" 2>/dev/null
+  ;;
 scale)
   python3 -m pytest tests/test_gpu.py tests/test_measure_decode.py tests/test_measure_vram.py -q -p no:cacheprovider \
     --quant-gpu 2>&1 | tail -25 | tee "$OUT/gpu-tests.log"
