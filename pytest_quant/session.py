@@ -231,8 +231,9 @@ class QuantSession:
             known = self._known[qm._pair.id]
             self._update(qm._pair, other_batches=known.other_batches + (throughput,))
             return
-        fraction = roofline_fraction(throughput.decode_tokens_per_s_per_sequence, int(qm.model.get_memory_footprint()),
-                                     memory_bandwidth_bytes_per_s(qm.device))
+        fraction = None if self.options.sharded else roofline_fraction(  # one GPU's bound: not a spread model's
+            throughput.decode_tokens_per_s_per_sequence, int(qm.model.get_memory_footprint()),
+            memory_bandwidth_bytes_per_s(qm.device))
         self._update(qm._pair, throughput=throughput, timing_s=timing_s, roofline_fraction=fraction)
 
     def _measure_quality(self, qm: QuantModel) -> None:

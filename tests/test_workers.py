@@ -270,3 +270,15 @@ def test_a_spread_model_is_counted_on_every_gpu(monkeypatch: pytest.MonkeyPatch)
     row = flat(Measurements("m", "r", "cuda:2+cuda:3", vram=measured))
     assert row["vram_resident_bytes"] == 1800
     assert row["vram_resident_by_device"] == "cuda:2 1000 B, cuda:3 800 B"
+
+
+def test_the_per_gpu_column_is_in_the_report_files_only_when_a_model_was_spread() -> None:
+    from pytest_quant.report.columns import cells
+
+    one = {"model": "m", "recipe": "r", "vram_resident_bytes": 1800}
+    spread = dict(one, vram_resident_by_device="cuda:2 1000 B, cuda:3 800 B")
+    assert "VRAM resident per GPU" not in cells({"a": one})[0]
+    header, body, _ = cells({"a": one, "b": spread})
+    column = header.index("VRAM resident per GPU")
+    assert [row[column] for row in body] == ["-", "cuda:2 1000 B, cuda:3 800 B"]
+    assert "per GPU" not in cells({"b": spread}, terminal=True)[0]  # the terminal keeps its width

@@ -17,6 +17,7 @@ class Column:
     text: bool = False  # left-aligned words, not a number
     terminal: bool = True  # the terminal keeps its width: some columns are in the files only
     se: str | None = None  # the row key of its standard error, shown after it as "±SE" (two significant digits)
+    optional: bool = False  # shown only when some row has it
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -25,7 +26,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("device", "device", "device", text=True),
     Column("kernel", "kernel", "kernel", text=True),
     Column("vram_resident_bytes", "VRAM resident (CPU: footprint)", "VRAM", format_bytes),
-    Column("vram_resident_by_device", "VRAM resident per GPU", "per GPU", text=True, terminal=False),
+    # models spread over GPUs (--quant-device auto) only
+    Column("vram_resident_by_device", "VRAM resident per GPU", "per GPU", text=True, terminal=False, optional=True),
     Column("vram_generate_peak_bytes", "VRAM peak generating", "gen peak", format_bytes, terminal=False),
     Column("decode_tokens_per_s", "decode tok/s", "decode tok/s", lambda v: f"{v:.1f}"),
     Column("decode_mode", "decode mode", "mode", text=True),
@@ -48,7 +50,8 @@ COLUMNS: tuple[Column, ...] = (
 
 def cells(rows: dict[str, dict[str, Any]], terminal: bool = False) -> tuple[list[str], list[list[str]], list[Column]]:
     """The header, one row of formatted cells per model x recipe ("-": not measured), and the columns used."""
-    columns = [c for c in COLUMNS if c.terminal or not terminal]
+    columns = [c for c in COLUMNS if (c.terminal or not terminal)
+               and not (c.optional and all(row.get(c.key) in (None, "") for row in rows.values()))]
     header = [c.short if terminal else c.title for c in columns]
     body = [[_cell(c, row) for c in columns] for row in rows.values()]
     return header, body, columns
