@@ -43,6 +43,11 @@ class StubRequest:
     cache_dir: Path | None = None
     calibration_text: Path | None = None
     before_load_calls: list = field(default_factory=list)
+    device_map: str | None = None
+
+    @property
+    def placement(self) -> str:  # as LoadRequest's
+        return self.device_map or self.device
 
     def before_load(self) -> None:
         self.before_load_calls.append(True)
