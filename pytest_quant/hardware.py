@@ -10,7 +10,7 @@ import platform
 import re
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 LIBRARIES = ("torch", "transformers", "accelerate", "bitsandbytes", "gptqmodel", "optimum")
 
@@ -81,17 +81,26 @@ def placement_key(devices: tuple[str, ...]) -> str:
     return "+".join(keys)
 
 
-def host_device(device: str, environ: dict[str, str] | None = None) -> str:
+def cuda_visible_entries(environ: Mapping[str, str] | None = None) -> tuple[str, ...] | None:
+    """The entries of CUDA_VISIBLE_DEVICES up to the first invalid one (CUDA ignores the rest), or None when it
+    is not set."""
+    value = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    entries: list[str] = []
+    for entry in (e.strip() for e in value.split(",")):
+        if not entry or (entry.lstrip("-").isdigit() and int(entry) < 0):
+            break
+        entries.append(entry)
+    return tuple(entries)
+
+
+def host_device(device: str, environ: Mapping[str, str] | None = None) -> str:
     """The device as the host numbers it, for reports: 'cuda:3' for a process's 'cuda:0' when
     CUDA_VISIBLE_DEVICES='3' (an xdist worker given GPU 3); 'cuda:0 (GPU-8f1...)' for a UUID entry."""
-    if not is_cuda(device):
-        return device
-    visible = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
-        return device
-    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    entries = cuda_visible_entries(environ) if is_cuda(device) else None
     index = device_index(device)
-    if index >= len(entries):
+    if entries is None or index >= len(entries):
         return device
     return f"cuda:{entries[index]}" if entries[index].isdigit() else f"{device} ({entries[index]})"
 

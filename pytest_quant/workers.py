@@ -15,28 +15,25 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import pytest
+
+from .hardware import cuda_visible_entries
 
 WORKERINPUT_KEY = "quant_cuda_visible_devices"
 
 
 def visible_gpus(environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
-    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries: that variable's entries up to the
-    first invalid one (CUDA ignores the rest), else ``0 .. N-1`` for the N GPUs torch counts."""
-    value = environ.get("CUDA_VISIBLE_DEVICES")
-    if value is None:
-        import torch
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries: that variable's valid entries, else
+    ``0 .. N-1`` for the N GPUs torch counts."""
+    entries = cuda_visible_entries(environ)
+    if entries is not None:
+        return entries
+    import torch
 
-        return tuple(str(i) for i in range(torch.cuda.device_count()))
-    entries: list[str] = []
-    for entry in (e.strip() for e in value.split(",")):
-        if not entry or (entry.lstrip("-").isdigit() and int(entry) < 0):
-            break
-        entries.append(entry)
-    return tuple(entries)
+    return tuple(str(i) for i in range(torch.cuda.device_count()))
 
 
 def describe(visible: tuple[str, ...], environ: Mapping[str, str] = os.environ) -> str:
@@ -95,12 +92,8 @@ class GpuAssignment:
     when the worker goes down (a replacement worker gets it); under ``--dist load``, schedules by pair."""
 
     slots: tuple[tuple[str, ...], ...]
-    held: dict[str, int]
     pair_ids: tuple[str, ...] = ()
-
-    @classmethod
-    def of(cls, slots: tuple[tuple[str, ...], ...], pair_ids: tuple[str, ...] = ()) -> "GpuAssignment":
-        return cls(slots, {}, pair_ids)
+    held: dict[str, int] = field(default_factory=dict)  # worker id -> index of its slot
 
     @pytest.hookimpl(optionalhook=True, tryfirst=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
@@ -139,7 +132,7 @@ def assign_on_controller(config: pytest.Config, gpu: bool, device_given: str | N
             raise pytest.UsageError(
                 f"--quant-device {device_given} puts all {workers} xdist workers on one GPU; drop it to give each "
                 "worker its own GPU, or run one worker (-n 1)")
-        config.pluginmanager.register(GpuAssignment.of((), grouped), "quant-gpu-assignment")
+        config.pluginmanager.register(GpuAssignment((), grouped), "quant-gpu-assignment")
         return "; ".join(notes) or None
     visible = visible_gpus()
     try:
@@ -148,7 +141,7 @@ def assign_on_controller(config: pytest.Config, gpu: bool, device_given: str | N
         raise pytest.UsageError(
             f"-n {workers} with --quant-gpu: {exc}, found {describe(visible)}; use -n {max(len(visible), 1)} "
             "or fewer, or -n auto (one worker per GPU)") from None
-    config.pluginmanager.register(GpuAssignment.of(slots, grouped), "quant-gpu-assignment")
+    config.pluginmanager.register(GpuAssignment(slots, grouped), "quant-gpu-assignment")
     spare = len(visible) - sum(len(s) for s in slots)
     notes.append(f"{workers} xdist worker(s), GPUs " + " | ".join(",".join(s) for s in slots)
                  + (f" ({spare} left idle)" if spare else ""))

@@ -85,7 +85,7 @@ def test_tests_are_scheduled_by_their_model_and_recipe(nodeid: str, scope: str) 
 
 
 def test_a_worker_replacing_a_crashed_one_gets_its_gpu_and_no_gpu_goes_to_two_workers() -> None:
-    assignment = workers.GpuAssignment.of((("0",), ("1",)))
+    assignment = workers.GpuAssignment((("0",), ("1",)))
 
     def node(name: str) -> SimpleNamespace:
         return SimpleNamespace(gateway=SimpleNamespace(id=name), workerinput={})
@@ -107,6 +107,7 @@ def test_a_worker_replacing_a_crashed_one_gets_its_gpu_and_no_gpu_goes_to_two_wo
     ("3", "cuda:0", "cuda:3"),
     ("2,3", "cuda:1", "cuda:3"),
     ("GPU-8f1e", "cuda:0", "cuda:0 (GPU-8f1e)"),
+    ("-1,3", "cuda:0", "cuda:0"),  # no valid entry: nothing to map
     ("3", "cpu", "cpu"),
 ])
 def test_reports_name_the_gpu_as_the_host_numbers_it(visible, device: str, expected: str) -> None:
