@@ -3,9 +3,13 @@
 An entry is a folder ``<root>/<key>/`` holding the saved model and ``MANIFEST``: the key's inputs (model
 file hashes, recipe, calibration digest, library versions) and the size and sha256 of every file in it.
 An entry is built in a temporary sibling folder and renamed into place, so a reader never sees half of
-one; on every lookup the files are hashed again, and an entry whose manifest or files do not match is
-reported (and rebuilt by the caller). Builders of one key are serialised with a lock file, so parallel
-workers (pytest-xdist) quantize once. Imports no torch.
+one; on every lookup the files are hashed again, and an entry whose manifest or files do not match (a file
+missing, changed, added or a symbolic link) is reported (and rebuilt by the caller, with a warning saying
+why). Builders of one key are serialised with a lock file, so parallel workers (pytest-xdist) quantize once.
+Nothing inside the cache is followed through a symbolic link. Imports no torch.
+
+The manifest's hashes catch an entry that is truncated, damaged or edited in part; an entry forged whole,
+with a manifest to match, is as trusted as whoever can write the cache folder.
 """
 
 from __future__ import annotations
@@ -17,14 +21,28 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
+
+from .atomic import atomic_write, open_lock_file, remove_stale_temps, writer_prefix
 
 MANIFEST = "pytest-quant-manifest.json"
 FORMAT = 1  # bump when the layout or the meaning of the key changes
 HASH_MEMO = "file-hashes.json"
 _CHUNK = 1 << 20
+# A file changed within this long after its inode's last change may not show a new ctime on a filesystem
+# with coarse timestamps (git's "racily clean" problem): such a hash is not remembered.
+RACY_WINDOW_NS = 2_000_000_000
+
+
+class CacheError(ValueError):
+    """A cache folder that cannot be used as it is (a symbolic link where a folder should be); names it."""
+
+
+class CacheWarning(UserWarning):
+    """A cache entry that was found damaged or stale and is being rebuilt."""
 
 
 @dataclass(frozen=True)
@@ -70,37 +88,52 @@ def model_files(model_path: Path) -> list[Path]:
     )
 
 
+def file_stamp(st: os.stat_result) -> list[int]:
+    """What proves a file unchanged since it was hashed: its inode (device and number), size, mtime and
+    ctime. ``cp -p``, ``tar x`` and ``rsync -a`` keep size and mtime, and ``touch -d`` sets mtime, but none of
+    them can set ctime, which the kernel sets to the current time on every write or metadata change."""
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def model_fingerprint(model_path: Path, memo_dir: Path | None = None) -> dict[str, str]:
-    """``{file name: sha256}`` for a model folder.
+    """``{file name: sha256}`` for a model folder: the content hash of every file ``model_files`` lists.
 
     Hashing a multi-gigabyte checkpoint takes seconds, so hashes are remembered in ``memo_dir`` against
-    each file's path, size and modification time; a rewritten file is hashed again.
+    each file's ``file_stamp`` (inode, size, mtime and ctime): a file rewritten, replaced or copied over
+    (even with its old size and mtime) has another ctime or inode and is hashed again. A hash taken within
+    ``RACY_WINDOW_NS`` of the file's last change is not remembered.
     """
     memo_file = Path(memo_dir) / HASH_MEMO if memo_dir is not None else None
     memo: dict[str, Any] = {}
-    if memo_file is not None:
+    if memo_file is not None and not memo_file.is_symlink():
         with contextlib.suppress(OSError, ValueError):
-            memo = json.loads(memo_file.read_text())
+            loaded = json.loads(memo_file.read_text())
+            memo = loaded if isinstance(loaded, dict) else {}
     files = model_files(model_path)
     if not any(p.name != "config.json" and not p.name.endswith(".index.json") for p in files):
         raise ValueError(f"{model_path}: no weight files ({', '.join('*' + s for s in WEIGHT_SUFFIXES)}) to key the cache on")
     changed = False
     fingerprint = {}
     for path in files:
-        st = path.stat()
-        stamp = [st.st_size, st.st_mtime_ns]
         key = str(path.resolve())
+        stamp = file_stamp(path.stat())
         known = memo.get(key)
-        if isinstance(known, dict) and known.get("stamp") == stamp:
+        if isinstance(known, dict) and known.get("stamp") == stamp and isinstance(known.get("sha256"), str):
             digest = known["sha256"]
         else:
+            started_ns = time.time_ns()
             digest = file_sha256(path)
-            memo[key] = {"stamp": stamp, "sha256": digest}
-            changed = True
+            after = file_stamp(path.stat())
+            if after == stamp and started_ns - stamp[4] > RACY_WINDOW_NS:
+                memo[key] = {"stamp": stamp, "sha256": digest}
+                changed = True
+            elif key in memo:
+                del memo[key]
+                changed = True
         fingerprint[path.name] = digest
     if memo_file is not None and changed:
-        memo_file.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(memo_file, json.dumps(memo, indent=1, sort_keys=True))
+        with contextlib.suppress(OSError):  # a read-only or full cache: the hashes are taken again next time
+            atomic_write(memo_file, json.dumps(memo, indent=1, sort_keys=True))
     return fingerprint
 
 
@@ -110,20 +143,52 @@ def cache_key(inputs: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
+def check_root(root: Path) -> Path:
+    """``root`` (a folder inside the cache), created if absent; CacheError when it is a symbolic link."""
+    root = Path(root)
+    if root.is_symlink():
+        raise CacheError(f"{root} is a symbolic link (to {os.readlink(root)}); pytest-quant does not follow links "
+                         "inside its cache folder: remove the link (or point --quant-cache-dir elsewhere)")
+    if root.exists() and not root.is_dir():
+        raise CacheError(f"{root} is not a folder; remove it (or point --quant-cache-dir elsewhere)")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def lookup(root: Path, key: str, inputs: Mapping[str, Any]) -> Lookup:
     path = Path(root) / key
+    if path.is_symlink():
+        return Lookup(None, f"{key} is a symbolic link (to {os.readlink(path)}), not a cache entry")
     if not path.exists():
         return Lookup(None)
+    if not path.is_dir():
+        return Lookup(None, f"{key} is a file, not a cache entry folder")
     problem = verify(path, key, inputs)
     if problem:
         return Lookup(None, problem)
     return Lookup(Entry(path, json.loads((path / MANIFEST).read_text())))
 
 
+def entry_files(path: Path) -> tuple[list[str], list[str]]:
+    """The files of an entry folder as relative posix names (the manifest left out), and its symbolic links."""
+    files, links = [], []
+    for item in sorted(Path(path).rglob("*")):
+        name = item.relative_to(path).as_posix()
+        if item.is_symlink():
+            links.append(name)
+        elif item.is_file() and name != MANIFEST:
+            files.append(name)
+    return files, links
+
+
 def verify(path: Path, key: str, inputs: Mapping[str, Any]) -> str | None:
-    """Why the entry at ``path`` cannot be used for ``key`` (None when it can)."""
+    """Why the entry at ``path`` cannot be used for ``key`` (None when it can): every file is hashed and
+    compared with the manifest, and the entry must hold exactly the files the manifest lists."""
+    manifest_file = path / MANIFEST
+    if manifest_file.is_symlink():
+        return f"{MANIFEST} is a symbolic link"
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        manifest = json.loads(manifest_file.read_text())
     except FileNotFoundError:
         return "no manifest (an unfinished or foreign folder)"
     except (OSError, ValueError) as exc:
@@ -135,10 +200,18 @@ def verify(path: Path, key: str, inputs: Mapping[str, Any]) -> str | None:
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         return "manifest lists no files"
+    present, links = entry_files(path)
+    if links:
+        return f"{links[0]} is a symbolic link (an entry holds only regular files)"
+    extra = sorted(set(present) - set(files))
+    if extra:
+        return f"{extra[0]} is not listed in the manifest"
     for name, expected in sorted(files.items()):
-        file = path / name
-        if not file.is_file():
+        if not isinstance(expected, dict):
+            return f"manifest entry of {name} is not an object"
+        if name not in present:
             return f"{name} is missing"
+        file = path / name
         size = file.stat().st_size
         if size != expected.get("size"):
             return f"{name} has {size} bytes, the manifest says {expected.get('size')}"
@@ -148,19 +221,19 @@ def verify(path: Path, key: str, inputs: Mapping[str, Any]) -> str | None:
 
 
 def staging_dir(root: Path, key: str) -> Path:
-    """A fresh temporary folder beside the entry, to build it in (same filesystem, so rename is atomic)."""
-    Path(root).mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".staging-{key[:12]}-", dir=root))
+    """A fresh temporary folder beside the entry, to build it in (same filesystem, so rename is atomic); its
+    name carries this host and pid, so that a killed builder's folder is removed by a later run."""
+    check_root(root)
+    return Path(tempfile.mkdtemp(prefix=writer_prefix(f"staging-{key[:12]}"), dir=root))
 
 
 def publish(root: Path, key: str, staged: Path, inputs: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> Entry:
     """Write the manifest into ``staged`` and rename it to the entry, replacing an invalid one."""
     staged = Path(staged)
-    files = {
-        p.relative_to(staged).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
-        for p in sorted(staged.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
+    names, links = entry_files(staged)
+    if links:
+        raise ValueError(f"cache entry {key}: {links[0]} in {staged} is a symbolic link; an entry holds only files")
+    files = {name: {"size": (staged / name).stat().st_size, "sha256": file_sha256(staged / name)} for name in names}
     if not files:
         raise ValueError(f"cache entry {key}: nothing was written to {staged}")
     manifest = {
@@ -173,52 +246,52 @@ def publish(root: Path, key: str, staged: Path, inputs: Mapping[str, Any], info:
     }
     (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     final = Path(root) / key
-    if final.exists():
+    if os.path.lexists(final):
         discard(final)
     os.replace(staged, final)
     return Entry(final, manifest)
 
 
 def discard(path: Path) -> None:
-    """Remove an entry: first renamed aside (so no reader sees it half deleted), then deleted."""
+    """Remove an entry: first renamed aside (so no reader sees it half deleted), then deleted. A symbolic
+    link is removed itself; what it points at is never touched."""
     path = Path(path)
+    if path.is_symlink():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
     aside = path.with_name(f".trash-{path.name}-{os.getpid()}-{time.monotonic_ns()}")
     with contextlib.suppress(FileNotFoundError):
         os.replace(path, aside)
-        shutil.rmtree(aside, ignore_errors=True)
+        if aside.is_dir():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            aside.unlink()
 
 
 @contextlib.contextmanager
 def locked(root: Path, key: str) -> Iterator[None]:
-    """Hold an exclusive lock for ``key`` (POSIX ``flock``; elsewhere no lock is taken)."""
-    Path(root).mkdir(parents=True, exist_ok=True)
+    """Hold an exclusive lock for ``key`` (POSIX ``flock``; elsewhere no lock is taken). The lock file is
+    opened without following a link and never truncated (``atomic.open_lock_file``)."""
+    check_root(root)
     try:
         import fcntl
     except ImportError:  # Windows: builders may race, and the last rename wins
         yield
         return
-    with open(Path(root) / f".{key}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    fd = open_lock_file(Path(root) / f".{key}.lock")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass(frozen=True)
@@ -234,13 +307,17 @@ class Built:
 
 def build(root: Path, key: str, inputs: Mapping[str, Any], make: "Callable[[Path], Mapping[str, Any]]") -> Built:
     """The entry for ``key`` under ``root``: reused when valid, else made by ``make(staging folder) -> info``
-    and published; one process builds while others wait on the lock; a failed build leaves nothing behind."""
-    import shutil
-
+    and published; one process builds while others wait on the lock; a failed build leaves nothing behind.
+    An entry found damaged or stale is rebuilt with a ``CacheWarning`` saying why; a dead builder's staging
+    folders and temporary files under ``root`` are removed first."""
     with locked(root, key):
+        remove_stale_temps(root)
         found = lookup(root, key, inputs)
         if found.entry is not None:
             return Built(found.entry.path, "hit", dict(found.entry.manifest.get("info", {})))
+        if found.problem:
+            warnings.warn(CacheWarning(f"pytest-quant: cache entry {Path(root) / key} is rebuilt: {found.problem}"),
+                          stacklevel=2)
         staged = staging_dir(root, key)
         try:
             info = dict(make(staged))

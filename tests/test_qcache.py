@@ -167,6 +167,7 @@ def test_fingerprint_memo_skips_unchanged_files_and_rehashes_rewritten_ones(tmp_
     hashed: list[str] = []
     real = qcache.file_sha256
     monkeypatch.setattr(qcache, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
+    monkeypatch.setattr(qcache, "RACY_WINDOW_NS", -10**12, raising=False)  # the files were written a moment ago
     first = qcache.model_fingerprint(model, memo)
     assert sorted(hashed) == ["config.json", "model.safetensors"] and (memo / qcache.HASH_MEMO).is_file()
     hashed.clear()
@@ -174,6 +175,65 @@ def test_fingerprint_memo_skips_unchanged_files_and_rehashes_rewritten_ones(tmp_
     (model / "model.safetensors").write_bytes(b"\x02" * 1001)
     second = qcache.model_fingerprint(model, memo)
     assert hashed == ["model.safetensors"] and second["model.safetensors"] != first["model.safetensors"]
+
+
+def counting_hashes(monkeypatch) -> list[str]:
+    hashed: list[str] = []
+    real = qcache.file_sha256
+    monkeypatch.setattr(qcache, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
+    monkeypatch.setattr(qcache, "RACY_WINDOW_NS", -10**12, raising=False)  # remember hashes of files written a moment ago
+    return hashed
+
+
+@pytest.mark.parametrize("replace", ["write in place", "copy over with cp -p", "rename over"])
+def test_weights_replaced_with_the_same_size_and_mtime_are_hashed_again(tmp_path: Path, monkeypatch, replace) -> None:
+    # issue 20 item 2: tar x, cp -p and rsync -a keep size and mtime; the memo must not hand back the old hash
+    import shutil
+
+    model = make_model(tmp_path / "m")
+    weights = model / "model.safetensors"
+    os.utime(weights, ns=(1_577_836_800_000_000_000,) * 2)  # 2020-01-01, as the sweep's `touch -d` set it
+    memo = tmp_path / "memo"
+    hashed = counting_hashes(monkeypatch)
+    first = qcache.model_fingerprint(model, memo)
+    hashed.clear()
+    assert qcache.model_fingerprint(model, memo) == first and hashed == []  # the memo is in use
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"\x07" * weights.stat().st_size)
+    assert other.stat().st_size == weights.stat().st_size and other.read_bytes() != weights.read_bytes()
+    if replace == "write in place":
+        weights.write_bytes(other.read_bytes())
+    elif replace == "copy over with cp -p":
+        shutil.copy2(other, weights)
+    else:
+        os.replace(other, weights)
+    os.utime(weights, ns=(1_577_836_800_000_000_000,) * 2)
+    second = qcache.model_fingerprint(model, memo)
+    assert hashed == ["model.safetensors"]
+    assert second["model.safetensors"] == qcache.file_sha256(weights) != first["model.safetensors"]
+
+
+def test_a_hash_taken_right_after_a_change_is_not_remembered(tmp_path: Path, monkeypatch) -> None:
+    model = make_model(tmp_path / "m")
+    memo = tmp_path / "memo"
+    hashed: list[str] = []
+    real = qcache.file_sha256
+    monkeypatch.setattr(qcache, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
+    qcache.model_fingerprint(model, memo)  # the files changed under RACY_WINDOW_NS ago: ctime may not move again
+    qcache.model_fingerprint(model, memo)
+    assert sorted(hashed) == ["config.json", "config.json", "model.safetensors", "model.safetensors"]
+
+
+def test_a_memo_planted_as_a_symlink_is_ignored_and_replaced_by_a_file(tmp_path: Path, monkeypatch) -> None:
+    model = make_model(tmp_path / "m")
+    memo = tmp_path / "memo"
+    memo.mkdir()
+    victim = tmp_path / "victim.json"
+    victim.write_text("{}")
+    (memo / qcache.HASH_MEMO).symlink_to(victim)
+    counting_hashes(monkeypatch)
+    qcache.model_fingerprint(model, memo)
+    assert victim.read_text() == "{}" and not (memo / qcache.HASH_MEMO).is_symlink()
 
 
 def test_builders_of_one_key_take_turns(tmp_path: Path) -> None:
@@ -201,3 +261,98 @@ def test_discard_leaves_nothing_behind(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
     qcache.discard(entry.path)  # already gone: nothing to do
     assert os.listdir(tmp_path) == []
+
+
+def test_a_lock_file_planted_as_a_symlink_is_removed_and_its_target_left_alone(tmp_path: Path) -> None:
+    # issue 20 item 6 (sweep case 40): open(".<key>.lock", "w") followed the link and truncated victim.txt
+    root = tmp_path / "gptqmodel"
+    root.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("a file the CI user can write\n")
+    key = "k" * 32
+    (root / f".{key}.lock").symlink_to(victim)
+    with qcache.locked(root, key):
+        lock = root / f".{key}.lock"
+        assert lock.is_file() and not lock.is_symlink()
+    assert victim.read_text() == "a file the CI user can write\n"
+
+
+def test_a_lock_file_is_never_truncated(tmp_path: Path) -> None:
+    key = "k" * 32
+    (tmp_path / f".{key}.lock").write_text("held")
+    with qcache.locked(tmp_path, key):
+        pass
+    assert (tmp_path / f".{key}.lock").read_text() == "held"
+
+
+def test_an_entry_planted_as_a_symlink_is_rebuilt_without_touching_its_target(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    root.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    key = qcache.cache_key(INPUTS)
+    (root / key).symlink_to(elsewhere, target_is_directory=True)
+    assert "symbolic link" in qcache.lookup(root, key, INPUTS).problem
+
+    def make(staged: Path) -> dict:
+        (staged / "model.safetensors").write_bytes(b"\x05" * 64)
+        return {"quantize_seconds": 0.1}
+
+    with pytest.warns(qcache.CacheWarning, match="is rebuilt: .*symbolic link"):
+        built = qcache.build(root, key, INPUTS, make)
+    assert built.status == "rebuilt" and (root / key).is_dir() and not (root / key).is_symlink()
+    assert (elsewhere / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("plant, problem", [
+    (lambda entry, outside: (entry / "pytorch_model.bin").write_bytes(b"forged"), "pytorch_model.bin is not listed"),
+    (lambda entry, outside: ((entry / "model.safetensors").unlink(), (entry / "model.safetensors").symlink_to(outside)),
+     "model.safetensors is a symbolic link"),
+])
+def test_a_file_added_or_swapped_for_a_link_is_caught(tmp_path: Path, plant, problem: str) -> None:
+    key = qcache.cache_key(INPUTS)
+    entry = build_entry(tmp_path / "cache", key)
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"\x01" * 4096)
+    plant(entry.path, outside)
+    assert problem in qcache.lookup(tmp_path / "cache", key, INPUTS).problem
+
+
+def test_a_damaged_entry_is_rebuilt_with_a_warning_saying_why(tmp_path: Path) -> None:
+    key = qcache.cache_key(INPUTS)
+    entry = build_entry(tmp_path, key)
+    corrupt_flip_a_byte(entry.path)
+
+    def make(staged: Path) -> dict:
+        (staged / "model.safetensors").write_bytes(b"\x01" * 4096)
+        return {}
+
+    with pytest.warns(qcache.CacheWarning, match="does not match its sha256"):
+        assert qcache.build(tmp_path, key, INPUTS, make).status == "rebuilt"
+    assert qcache.lookup(tmp_path, key, INPUTS).status == "hit"
+
+
+def test_a_cache_folder_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "gptqmodel").symlink_to(tmp_path / "real", target_is_directory=True)
+    with pytest.raises(qcache.CacheError, match="is a symbolic link .*remove the link"):
+        qcache.build(tmp_path / "gptqmodel", "k" * 32, INPUTS, lambda staged: {})
+    assert list((tmp_path / "real").iterdir()) == []
+
+
+def test_a_killed_builders_staging_folder_is_removed_by_the_next_build(tmp_path: Path) -> None:
+    key = qcache.cache_key(INPUTS)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    from pytest_quant.atomic import host_tag
+
+    left = tmp_path / f".staging-{key[:12]}.{host_tag()}.{pid}.abcd1234"
+    left.mkdir()
+    (left / "model.safetensors").write_bytes(b"\x00" * 100)
+    old = time.time() - 3600
+    os.utime(left, (old, old))
+    live = qcache.staging_dir(tmp_path, "other" * 8)  # this process's own, in progress
+    os.utime(live, (old, old))
+    qcache.build(tmp_path, key, INPUTS, lambda staged: {"written": (staged / "a.bin").write_bytes(b"1")})
+    assert not left.exists() and live.is_dir()
