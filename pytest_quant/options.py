@@ -135,6 +135,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--quant-report", "write the summary to PATH: .md, .json or .html, with a plot beside it", Path),
     Option("--quant-prompts", "prompts for generation_agreement: a text file, one prompt a line, or .jsonl with "
            '"prompt" or chat "messages" (default: openings of the embedded held-out text)', parse_prompts_file),
+    Option("--quant-trust-remote-code", "let transformers run the Python code a model folder ships (auto_map in its "
+           "config.json or tokenizer_config.json); without it such a folder is refused at start-up (default: false)",
+           ini_type="bool", action="store_true"),
 )
 
 
@@ -192,6 +195,7 @@ class QuantOptions:
     prompts: Path | None = None  # --quant-prompts; None: pytest_quant.prompts.default_prompts
     device_map: str | None = None  # "auto" (--quant-device auto): models spread over the visible GPUs; device = the first
     device_given: str | None = None  # --quant-device as given (None: the default); pytest_quant.workers reads it
+    trust_remote_code: bool = False  # --quant-trust-remote-code: passed to every from_pretrained (LoadRequest)
 
     @property
     def sharded(self) -> bool:
@@ -236,4 +240,5 @@ class QuantOptions:
             prompts=value_or_ini(config, "--quant-prompts"),
             device_map=device_map,
             device_given=device_given,
+            trust_remote_code=bool(value_or_ini(config, "--quant-trust-remote-code")),
         )
