@@ -134,7 +134,8 @@ def measure_recipe(args, shape: str, recipe: str, timing_only: bool) -> dict:
     from pytest_quant.measure.quality import EvalSpec, evaluate, model_max_positions, prepare
     from pytest_quant.measure.reference import DEFAULT_TOP_K, load_reference, save_reference
     from pytest_quant.measure.roofline import memory_bandwidth_bytes_per_s, roofline_fraction
-    from pytest_quant.measure.throughput import greedy_tokens, measure_throughput
+    from pytest_quant.measure.decode_check import greedy_tokens
+    from pytest_quant.measure.throughput import measure_throughput
     from pytest_quant.measure.vram import EVALUATE, GENERATE, VramTracker, release
 
     cuda = args.device.startswith("cuda")

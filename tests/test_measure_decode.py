@@ -1,15 +1,19 @@
-"""Decode timing: eager on CPU, a CUDA graph over a static cache on GPU; the paths decode the same tokens."""
+"""Decode timing: eager on CPU, compiled or a CUDA graph over a static cache on GPU; the paths decode the same
+tokens; a mode that cannot run falls back down the chain with its reason."""
 
 from __future__ import annotations
 
 import pytest
 
-from pytest_quant.measure.decode_graph import capture_failure_reason
-from pytest_quant.measure.throughput import greedy_tokens, measure_throughput
+from pytest_quant.measure import decode_graph
+from pytest_quant.measure.decode_check import greedy_tokens, step_agreement
+from pytest_quant.measure.decode_graph import CompileError, capture_failure_reason
+from pytest_quant.measure.throughput import measure_throughput, pinned_mode, resolve_mode
 
 torch = pytest.importorskip("torch")
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 PROMPT = list(range(5, 37))  # 32 tokens
+CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +39,7 @@ def tiny_gpu():
 def test_eager_throughput_fields_on_cpu(tiny) -> None:
     t = measure_throughput(tiny, PROMPT, decode_tokens=4, repeats=2, warmup_runs=1, batch_size=2)
     assert (t.decode_mode, t.fallback_reason) == ("eager", None)  # CPU: eager by design, not a fallback
+    assert (t.compile_s, t.compile_cache, t.requested_decode_mode) == (None, "", "eager")
     assert (t.batch_size, t.prompt_tokens, t.decode_tokens, t.repeats, t.warmup_runs) == (2, 32, 4, 2, 1)
     assert t.decode_tokens_per_s > 0 and t.prefill_tokens_per_s > 0
     assert t.decode_tokens_per_s_per_sequence == pytest.approx(t.decode_tokens_per_s / 2)
@@ -59,12 +64,58 @@ def test_bad_arguments_raise_naming_them(tiny, kwargs, named) -> None:
         measure_throughput(tiny, PROMPT, **args)
 
 
+@pytest.mark.parametrize(
+    ("requested", "pinned", "device", "expected"),
+    [("auto", None, CUDA, "compiled"), ("auto", None, CPU, "eager"), ("auto", "cuda-graph", CUDA, "cuda-graph"),
+     ("compiled", "cuda-graph", CUDA, "cuda-graph"), ("eager", "cuda-graph", CUDA, "eager"),
+     ("cuda-graph", "compiled", CUDA, "cuda-graph"), ("auto", "cuda-graph", CPU, "eager"),
+     ("compiled", "cuda-graph", CPU, "eager"), ("compiled", None, CPU, "compiled"), ("auto", "eager", CUDA, "eager")],
+)
+def test_a_recipe_pin_only_moves_down_the_chain(requested, pinned, device, expected) -> None:
+    assert pinned_mode(requested, pinned, device) == expected
+
+
+def test_unknown_modes_are_named() -> None:
+    with pytest.raises(ValueError, match="auto, compiled, cuda-graph, eager; got 'graph'"):
+        resolve_mode("graph", CPU)
+    with pytest.raises(ValueError, match="'fast'"):
+        pinned_mode("auto", "fast", CPU)
+
+
 def test_static_cache_step_decodes_the_eager_tokens_on_cpu(tiny) -> None:
     eager = greedy_tokens(tiny, PROMPT, 12, "eager", batch_size=2)
     static = greedy_tokens(tiny, PROMPT, 12, "static", batch_size=2)
     assert len(eager) == 2 and len(eager[0]) == 13
     assert static == eager
     assert eager[0] == eager[1]
+
+
+def test_compiled_step_decodes_the_eager_tokens_on_cpu_and_a_second_compile_hits_the_cache(tiny, tmp_path) -> None:
+    """float32 on CPU: the compiled step's greedy tokens are the eager step's, token for token. The compile
+    cache lands in the directory given; the same step compiled again (after dynamo's reset) is a cache hit."""
+    from pytest_quant.measure.compile_cache import use_directory
+
+    use_directory(tmp_path / "inductor")
+    compiled = greedy_tokens(tiny, PROMPT, 12, "compiled", batch_size=2)
+    assert compiled == greedy_tokens(tiny, PROMPT, 12, "eager", batch_size=2)
+    assert any((tmp_path / "inductor").rglob("*")), "inductor wrote nothing under the cache directory given"
+    t = measure_throughput(tiny, PROMPT, decode_tokens=12, repeats=1, warmup_runs=0, batch_size=2, mode="compiled",
+                           compile_cache_dir=tmp_path / "inductor")
+    assert (t.decode_mode, t.fallback_reason, t.requested_decode_mode) == ("compiled", None, "compiled")
+    assert t.compile_s > 0 and t.compile_cache == "hit"
+
+
+def test_a_failed_compile_falls_back_with_its_reason_and_seconds(tiny, monkeypatch) -> None:
+    def fail(self):
+        raise CompileError("torch.compile failed: Unsupported: a graph break", 1.5)
+
+    monkeypatch.setattr(decode_graph.StaticDecoder, "compile", fail)
+    t = measure_throughput(tiny, PROMPT, decode_tokens=2, repeats=1, warmup_runs=0, mode="compiled")
+    assert t.decode_mode == "eager" and t.requested_decode_mode == "compiled"
+    assert t.fallback_reason == "compiled: torch.compile failed: Unsupported: a graph break"
+    assert t.compile_s == 1.5
+    with pytest.raises(RuntimeError, match="could not be compiled: torch.compile failed: Unsupported"):
+        measure_throughput(tiny, PROMPT, decode_tokens=2, repeats=1, warmup_runs=0, mode="compiled", fallback=False)
 
 
 def test_capture_failure_reason_names_the_first_error() -> None:
@@ -79,6 +130,11 @@ def test_capture_failure_reason_names_the_first_error() -> None:
                       "(then RuntimeError: operation failed due to a previous error during capture)")
 
 
+def test_step_agreement_refuses_an_unknown_path(tiny) -> None:
+    with pytest.raises(ValueError, match="'eager'"):
+        step_agreement(tiny, PROMPT, 4, "eager")
+
+
 @gpu
 def test_graph_decodes_the_same_tokens_as_the_static_and_eager_paths(tiny_gpu) -> None:
     graph = greedy_tokens(tiny_gpu, PROMPT, 32, "cuda-graph", batch_size=2)
@@ -87,17 +143,21 @@ def test_graph_decodes_the_same_tokens_as_the_static_and_eager_paths(tiny_gpu) -
 
 
 @gpu
-def test_auto_mode_captures_on_gpu_and_gives_the_memory_back(tiny_gpu) -> None:
+@pytest.mark.parametrize("mode", ["auto", "cuda-graph"])
+def test_gpu_modes_run_as_asked_and_give_the_memory_back(tiny_gpu, mode, tmp_path) -> None:
     from pytest_quant.measure.vram import release
 
     before = release("cuda")
-    t = measure_throughput(tiny_gpu, PROMPT, decode_tokens=32, repeats=3, warmup_runs=1, batch_size=4)
-    assert (t.decode_mode, t.fallback_reason, t.batch_size) == ("cuda-graph", None, 4)
-    assert abs(release("cuda") - before) <= 2**20
+    t = measure_throughput(tiny_gpu, PROMPT, decode_tokens=32, repeats=3, warmup_runs=1, batch_size=4, mode=mode,
+                           compile_cache_dir=tmp_path)
+    expected = "compiled" if mode == "auto" else mode
+    assert (t.decode_mode, t.fallback_reason, t.batch_size) == (expected, None, 4)
+    assert (t.compile_s is not None) == (expected == "compiled")
+    assert abs(release("cuda") - before) <= 2**20  # graphs, their pools and the compiled code are gone
 
 
 @gpu
-def test_llm_int8_falls_back_to_eager_by_itself_and_says_why() -> None:
+def test_llm_int8_falls_back_to_eager_by_itself_and_says_why(tmp_path) -> None:
     pytest.importorskip("bitsandbytes")
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -106,10 +166,10 @@ def test_llm_int8_falls_back_to_eager_by_itself_and_says_why() -> None:
     model = AutoModelForCausalLM.from_pretrained(
         TINY_DIR, dtype=torch.float16, device_map="cuda", quantization_config=BitsAndBytesConfig(load_in_8bit=True)
     ).eval()
-    t = measure_throughput(model, PROMPT, decode_tokens=8, repeats=2, warmup_runs=1)
+    t = measure_throughput(model, PROMPT, decode_tokens=8, repeats=2, warmup_runs=1, mode="cuda-graph")
     if t.decode_mode == "cuda-graph":
         pytest.skip("this bitsandbytes captures LLM.int8: nothing to fall back from")
-    assert t.decode_mode == "eager" and t.fallback_reason and t.decode_tokens_per_s > 0
+    assert t.decode_mode == "eager" and t.fallback_reason.startswith("cuda-graph: ") and t.decode_tokens_per_s > 0
     with pytest.raises(RuntimeError, match="could not be captured"):
-        measure_throughput(model, PROMPT, decode_tokens=8, repeats=1, warmup_runs=0, mode="cuda-graph")
+        measure_throughput(model, PROMPT, decode_tokens=8, repeats=1, warmup_runs=0, mode="cuda-graph", fallback=False)
     assert greedy_tokens(model, PROMPT, 4, "eager")  # the device still works after the failed captures

@@ -1,20 +1,25 @@
 """Prefill and decode tokens/s: warmed up, synchronised, repeated; median and spread reported.
 
-On a GPU the timed decode replays one step captured as a CUDA graph over a static KV cache
-(``decode_graph``), so the figure is the kernels' speed, not Python's; a model whose kernels cannot be
-captured (LLM.int8) falls back to eager decoding by itself and says why. On CPU decoding is always eager.
-Eager decoding is a plain loop over the model with transformers' dynamic KV cache.
+Decode modes, fastest first: ``compiled`` (the step's forward through ``torch.compile``, then captured as
+a CUDA graph over a static KV cache: how gpt-fast and torchao's documentation deploy it), ``cuda-graph``
+(transformers' eager step captured as the same graph: the kernels' speed, not Python's) and ``eager`` (a
+plain loop over the model with transformers' dynamic KV cache). A mode that cannot run falls back to the
+next with its reason (LLM.int8 cannot be captured: eager). On CPU the default is eager; ``compiled`` there
+compiles the step without a graph. Figures of different modes are never comparable.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass
 
+COMPILED = "compiled"
 CUDA_GRAPH = "cuda-graph"
 EAGER = "eager"
-MODES = ("auto", EAGER, CUDA_GRAPH)
+CHAIN = (COMPILED, CUDA_GRAPH, EAGER)  # each falls back to the next
+MODES = ("auto", *CHAIN)
 
 
 @dataclass(frozen=True)
@@ -30,8 +35,33 @@ class ThroughputMeasurement:
     repeats: int
     warmup_runs: int
     batch_size: int = 1
-    decode_mode: str = EAGER  # "cuda-graph" or "eager": figures of different modes are not comparable
-    fallback_reason: str | None = None  # why a capture was attempted and eager ran instead; None otherwise
+    decode_mode: str = EAGER  # the mode that ran: "compiled", "cuda-graph" or "eager"
+    fallback_reason: str | None = None  # why each mode above the one that ran did not, "; "-joined; None otherwise
+    compile_s: float | None = None  # seconds torch.compile took on the decode step (failed attempts too); None: not tried
+    compile_cache: str = ""  # inductor's FX graph cache on that compile: "hit", "miss", "partial" or ""
+    requested_decode_mode: str = ""  # the mode asked for, "auto" resolved ("compiled" on CUDA, "eager" on CPU)
+
+
+def resolve_mode(mode: str, device) -> str:
+    """``mode`` with "auto" resolved for ``device``: compiled on CUDA, eager elsewhere."""
+    if mode not in MODES:
+        raise ValueError(f"decode mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if mode != "auto":
+        return mode
+    return COMPILED if getattr(device, "type", str(device).split(":")[0]) == "cuda" else EAGER
+
+
+def pinned_mode(requested: str, pinned: str | None, device) -> str:
+    """The mode a recipe runs in on ``device``: the one asked for ("auto" resolved), or the recipe's pinned
+    mode where that is further down the chain (a recipe pinned to "cuda-graph" never compiles, and decodes
+    eagerly on CPU; one asked to run eagerly stays eager)."""
+    requested = resolve_mode(requested, device)
+    if pinned is None:
+        return requested
+    if pinned not in CHAIN:
+        raise ValueError(f"pinned decode mode must be one of {', '.join(CHAIN)}; got {pinned!r}")
+    mode = max(requested, pinned, key=CHAIN.index)
+    return EAGER if mode == CUDA_GRAPH and resolve_mode("auto", device) != COMPILED else mode
 
 
 def _sync(device) -> None:
@@ -41,7 +71,7 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _eager_run(model, prompt, decode_tokens: int, tokens: list | None = None) -> tuple[float, float]:
+def eager_run(model, prompt, decode_tokens: int, tokens: list | None = None) -> tuple[float, float]:
     """Seconds for the prefill of ``prompt`` and for ``decode_tokens`` greedy steps with the dynamic KV cache."""
     device = prompt.device
     _sync(device)
@@ -65,7 +95,7 @@ def _eager_run(model, prompt, decode_tokens: int, tokens: list | None = None) ->
     return t1 - t0, t2 - t1
 
 
-def _graph_run(decoder, prompt, decode_tokens: int, tokens: list | None = None) -> tuple[float, float]:
+def static_run(decoder, prompt, decode_tokens: int, tokens: list | None = None) -> tuple[float, float]:
     """The same over a static cache: eager prefill, then ``decode_tokens`` steps (graph replays if captured)."""
     device = prompt.device
     _sync(device)
@@ -89,7 +119,7 @@ def _spread(values: list[float]) -> float:
     return 100.0 * (max(values) - min(values)) / median if median else 0.0
 
 
-def _check(prompt_ids, decode_tokens: int, repeats: int, warmup_runs: int, batch_size: int, mode: str) -> None:
+def check_arguments(prompt_ids, decode_tokens: int, repeats: int, warmup_runs: int, batch_size: int, mode: str) -> None:
     if repeats < 1 or warmup_runs < 0 or decode_tokens < 1 or len(prompt_ids) < 1 or batch_size < 1:
         raise ValueError(
             f"throughput needs repeats >= 1, warmup_runs >= 0, decode_tokens >= 1, batch_size >= 1 and a prompt; "
@@ -100,37 +130,75 @@ def _check(prompt_ids, decode_tokens: int, repeats: int, warmup_runs: int, batch
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
 
 
-def _model_device(model):
+def model_device(model):
     return next(model.parameters()).device
 
 
 def cache_length(prompt_tokens: int, decode_tokens: int) -> int:
-    """Static cache slots: the prompt, the timed steps, and the capture's warm-up steps (which write past the
-    prompt before any timed run starts again from it)."""
+    """Static cache slots: the prompt, the timed steps, and the compile's and capture's warm-up steps (which
+    write past the prompt before any timed run starts again from it)."""
     from .decode_graph import CAPTURE_WARMUP_STEPS
 
-    return prompt_tokens + max(decode_tokens, CAPTURE_WARMUP_STEPS) + 1
+    return prompt_tokens + max(decode_tokens, CAPTURE_WARMUP_STEPS + 1) + 1
 
 
-def _open_decoder(model, prompt, decode_tokens: int, mode: str):
-    """A captured ``StaticDecoder`` for ``mode`` "cuda-graph"/"auto" on a GPU, and why not (None, reason)."""
-    from .decode_graph import StaticDecoder, capture_failure_reason
+@dataclass
+class OpenedDecoder:
+    """What ``open_decoder`` made of a mode: a decoder (None: decode eagerly), the mode that runs, why the
+    modes above it did not, and the compile's seconds and cache status."""
+
+    decoder: object
+    mode: str
+    reasons: list
+    compile_s: float | None = None
+    compile_cache: str = ""
+
+
+def open_decoder(model, prompt, decode_tokens: int, mode: str, fallback: bool = True,
+                 compile_cache_dir: str | os.PathLike | None = None) -> OpenedDecoder:
+    """A prefilled ``StaticDecoder`` for ``mode`` (compiled and/or captured), falling down the chain. On CPU
+    there is no graph: "compiled" compiles the step, "cuda-graph" is an error. ``fallback=False``: raise
+    instead of falling back."""
+    from .compile_cache import CacheCounter, use_directory
+    from .decode_graph import CompileError, StaticDecoder, capture_failure_reason
 
     device = prompt.device
-    if device.type != "cuda":
-        if mode == CUDA_GRAPH:
-            raise ValueError(f"mode='cuda-graph' needs a CUDA device; the model is on {device}. Use mode='auto' or 'eager'")
-        return None, None
-    decoder = StaticDecoder(model, prompt.shape[0], cache_length(prompt.shape[1], decode_tokens))
-    try:
-        decoder.prefill(prompt)
-        decoder.capture()
-    except Exception as error:  # kernels that sync with the host or allocate outside the pool (LLM.int8)
-        decoder.close()
-        if mode == CUDA_GRAPH:
-            raise RuntimeError(f"decode step could not be captured as a CUDA graph: {capture_failure_reason(error)}") from error
-        return None, capture_failure_reason(error)
-    return decoder, None
+    cuda = device.type == "cuda"
+    if mode == CUDA_GRAPH and not cuda:
+        raise ValueError(f"mode='cuda-graph' needs a CUDA device; the model is on {device}. Use mode='auto' or 'eager'")
+    chain = [m for m in CHAIN[CHAIN.index(mode):] if cuda or m != CUDA_GRAPH]
+    opened = OpenedDecoder(None, EAGER, [])
+    for step_mode in chain:
+        if step_mode == EAGER:
+            opened.mode = EAGER
+            return opened
+        decoder = StaticDecoder(model, prompt.shape[0], cache_length(prompt.shape[1], decode_tokens))
+        try:
+            decoder.prefill(prompt)
+            if step_mode == COMPILED:
+                if compile_cache_dir is not None:
+                    use_directory(compile_cache_dir)
+                counter = CacheCounter()
+                try:
+                    opened.compile_s = decoder.compile()
+                except CompileError as error:
+                    opened.compile_s = error.seconds
+                    raise
+                finally:
+                    opened.compile_cache = counter.status()
+            if cuda:
+                decoder.capture()
+        except Exception as error:  # kernels that sync with the host or allocate outside the pool (LLM.int8)
+            decoder.close()
+            reason = str(error) if isinstance(error, CompileError) else capture_failure_reason(error)
+            if not fallback:
+                what = "compiled" if step_mode == COMPILED else "captured as a CUDA graph"
+                raise RuntimeError(f"decode step could not be {what}: {reason}") from error
+            opened.reasons.append(f"{step_mode}: {reason}")
+            continue
+        opened.decoder, opened.mode = decoder, step_mode
+        return opened
+    raise AssertionError("unreachable: the chain ends with eager")
 
 
 def measure_throughput(
@@ -141,34 +209,38 @@ def measure_throughput(
     warmup_runs: int,
     batch_size: int = 1,
     mode: str = "auto",
+    *,
+    compile_cache_dir: str | os.PathLike | None = None,
+    fallback: bool = True,
 ) -> ThroughputMeasurement:
     """Time ``warmup_runs + repeats`` runs of a prefill of ``batch_size`` copies of ``prompt_ids`` followed by
-    ``decode_tokens`` greedy steps. ``mode``: "auto" (a CUDA graph on GPU, eager if the capture fails and
-    on CPU), "cuda-graph" (raises if it cannot be captured, or on CPU) or "eager"."""
+    ``decode_tokens`` greedy steps, in ``mode`` ("auto": compiled on CUDA, eager on CPU; "compiled",
+    "cuda-graph", "eager"), falling back down the chain with the reason unless ``fallback=False``.
+    ``compile_cache_dir``: where inductor and Triton keep their caches (set before the first compile)."""
     import torch
 
-    _check(prompt_ids, decode_tokens, repeats, warmup_runs, batch_size, mode)
-    device = _model_device(model)
+    check_arguments(prompt_ids, decode_tokens, repeats, warmup_runs, batch_size, mode)
+    device = model_device(model)
+    requested = resolve_mode(mode, device)
     prompt = torch.tensor([list(prompt_ids)] * batch_size, device=device)
     prefill_rates, decode_rates = [], []
-    decoder, fallback_reason = None, None
     with torch.inference_mode():
-        if mode != EAGER:
-            decoder, fallback_reason = _open_decoder(model, prompt, decode_tokens, mode)
+        opened = (open_decoder(model, prompt, decode_tokens, requested, fallback, compile_cache_dir)
+                  if requested != EAGER else OpenedDecoder(None, EAGER, []))
+        decoder = opened.decoder
         try:
             for i in range(warmup_runs + repeats):
                 if decoder is not None:
-                    prefill_s, decode_s = _graph_run(decoder, prompt, decode_tokens)
+                    prefill_s, decode_s = static_run(decoder, prompt, decode_tokens)
                 else:
-                    prefill_s, decode_s = _eager_run(model, prompt, decode_tokens)
+                    prefill_s, decode_s = eager_run(model, prompt, decode_tokens)
                 if i >= warmup_runs:
                     prefill_rates.append(batch_size * len(prompt_ids) / prefill_s)
                     decode_rates.append(batch_size * decode_tokens / decode_s)
         finally:
-            decode_mode = EAGER if decoder is None else CUDA_GRAPH
             if decoder is not None:
                 decoder.close()
-            del decoder
+            opened.decoder = decoder = None
     decode_median = statistics.median(decode_rates)
     cv = 100.0 * statistics.pstdev(decode_rates) / decode_median if len(decode_rates) > 1 else 0.0
     return ThroughputMeasurement(
@@ -183,34 +255,9 @@ def measure_throughput(
         repeats=repeats,
         warmup_runs=warmup_runs,
         batch_size=batch_size,
-        decode_mode=decode_mode,
-        fallback_reason=fallback_reason,
+        decode_mode=opened.mode,
+        fallback_reason="; ".join(opened.reasons) or None,
+        compile_s=opened.compile_s,
+        compile_cache=opened.compile_cache,
+        requested_decode_mode=requested,
     )
-
-
-def greedy_tokens(model, prompt_ids: list[int], decode_tokens: int, path: str, batch_size: int = 1) -> list[list[int]]:
-    """The ``decode_tokens + 1`` greedy tokens after ``prompt_ids`` (the prefill's, then one per step), per
-    sequence, decoded by ``path``: "cuda-graph" (the captured step replayed; GPU only), "static" (the same
-    step over the same static cache, run eagerly) or "eager" (the dynamic-cache loop that eager timing runs).
-    A GPU test checks that the graph's tokens equal the others'."""
-    import torch
-
-    from .decode_graph import StaticDecoder
-
-    if path not in (CUDA_GRAPH, "static", EAGER):
-        raise ValueError(f"path must be 'cuda-graph', 'static' or 'eager'; got {path!r}")
-    _check(prompt_ids, decode_tokens, 1, 0, batch_size, "auto")
-    device = _model_device(model)
-    prompt = torch.tensor([list(prompt_ids)] * batch_size, device=device)
-    tokens: list = []
-    with torch.inference_mode():
-        if path == EAGER:
-            _eager_run(model, prompt, decode_tokens, tokens)
-        else:
-            with StaticDecoder(model, batch_size, cache_length(prompt.shape[1], decode_tokens)) as decoder:
-                if path == CUDA_GRAPH:
-                    decoder.prefill(prompt)
-                    decoder.capture()
-                _graph_run(decoder, prompt, decode_tokens, tokens)
-        stacked = torch.cat(tokens, dim=1).cpu()
-    return stacked.tolist()
