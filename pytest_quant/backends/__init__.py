@@ -28,6 +28,8 @@ class LoadRequest:
     # memory is measured from there, so a one-off quantization does not count against a VRAM budget.
     before_load: Callable[[], None] = lambda: None
     device_map: str | None = None  # "auto": spread the model over the visible GPUs (--quant-device auto)
+    # --quant-trust-remote-code: what every from_pretrained of the backend passes as trust_remote_code
+    trust_remote_code: bool = False
 
     @property
     def placement(self) -> str:
@@ -75,7 +77,7 @@ class Backend:
         """Import names this backend needs that are not installed (checked without importing them)."""
         requires = self.requires
         if self.requires_of is not None and model_path is not None:
-            requires = _resolve(self.requires_of)(model_path)
+            requires = _resolve(self.requires_of, self.name, "requires_of")(model_path)
         return [name for name in requires if not is_installed(name)]
 
     def runs_on(self, device: str) -> bool:
@@ -85,7 +87,7 @@ class Backend:
         """The fields a recipe of this backend may set (reads transformers' signatures lazily)."""
         import inspect
 
-        names = set(self.fields if not isinstance(self.fields, str) else _resolve(self.fields))
+        names = set(self.fields if not isinstance(self.fields, str) else _resolve(self.fields, self.name, "fields"))
         if self.config_classes:
             import transformers
 
@@ -97,12 +99,12 @@ class Backend:
 
     def check(self, settings: dict[str, Any]) -> None:
         if self.validate is not None:
-            _resolve(self.validate)(dict(settings))
+            _resolve(self.validate, self.name, "validate")(dict(settings))
 
     def load_model(self, request: LoadRequest) -> Loaded:
         if not self.calls_before_load:
             request.before_load()
-        return _resolve(self.load)(request)
+        return _resolve(self.load, self.name, "load")(request)
 
 
 def is_installed(name: str) -> bool:
@@ -110,12 +112,55 @@ def is_installed(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def _resolve(target: Any) -> Any:
-    """``target`` itself, or the attribute a "module:name" string names (imported now)."""
+class BackendError(ValueError):
+    """A registry entry that cannot be used: a "module:name" that does not import, a name registered twice."""
+
+
+def check_target(backend: str, what: str, target: Any) -> None:
+    """A "module:name" string must have both parts and its top-level package must be installed (checked when
+    the entry is registered, importing nothing)."""
+    if isinstance(target, str):
+        module, sep, name = target.partition(":")
+        if not sep or not module or not name.isidentifier():
+            raise BackendError(f"backend {backend!r}: {what} = {target!r} is not a 'module:function' string "
+                               "(nor a callable)")
+        top = module.split(".")[0]
+        try:
+            found = importlib.util.find_spec(top) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise BackendError(f"backend {backend!r}: {what} = {target!r}: no module named {top!r} is installed; "
+                               "install it or fix the name where the backend is registered (a pytest_quant_backends "
+                               "hook)")
+
+
+def _resolve(target: Any, backend: str = "?", what: str = "load") -> Any:
+    """``target`` itself, or the attribute a "module:name" string names (imported now); BackendError naming
+    the backend, the field and the module when it cannot be imported."""
     if not isinstance(target, str):
         return target
     module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
+    try:
+        imported = importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendError(f"backend {backend!r}: {what} = {target!r}: module {module!r} cannot be imported "
+                           f"({type(exc).__name__}: {exc}); install it or fix the name where the backend is "
+                           "registered (a pytest_quant_backends hook)") from None
+    try:
+        return getattr(imported, name)
+    except AttributeError:
+        raise BackendError(f"backend {backend!r}: {what} = {target!r}: module {module!r} has no {name!r}") from None
+
+
+BUILTIN_SOURCE = "pytest-quant's built-in backends"
+
+
+def _origin(backend: "Backend") -> str:
+    """Where an entry's code lives, for a collision reported without the registering plugin's name."""
+    load = backend.load
+    module = load.partition(":")[0] if isinstance(load, str) else getattr(load, "__module__", None)
+    return f"a plugin whose load is in module {module!r}" if module else "a plugin"
 
 
 _PKG = "pytest_quant.backends"
@@ -152,17 +197,37 @@ BUILTIN_BACKENDS: tuple[Backend, ...] = (
 class Registry:
     """The backends of one session: the built-ins, then those third parties register."""
 
-    def __init__(self, backends: Iterable[Backend] = BUILTIN_BACKENDS):
+    def __init__(self, backends: Iterable[Backend] = BUILTIN_BACKENDS, source: str = BUILTIN_SOURCE):
         self._backends: dict[str, Backend] = {}
+        self._sources: dict[str, str] = {}
         for backend in backends:
-            self.add(backend)
+            self.add(backend, source)
 
-    def add(self, backend: Backend) -> None:
+    def add(self, backend: Backend, source: str | None = None) -> None:
+        """Register ``backend``; ``source`` names who registers it (a plugin or conftest), for a collision."""
         if not isinstance(backend, Backend):
-            raise TypeError(f"pytest_quant_backends must return pytest_quant.backends.Backend entries, got {backend!r}")
+            where = f" (from {source})" if source else ""
+            raise TypeError(f"pytest_quant_backends must return pytest_quant.backends.Backend entries, got "
+                            f"{backend!r}{where}")
+        source = source or _origin(backend)
         if backend.name in self._backends:
-            raise ValueError(f"backend {backend.name!r} is registered twice")
+            raise BackendError(f"backend {backend.name!r} is registered twice: by {self._sources[backend.name]} and "
+                               f"by {source}; rename one of them")
+        for what in ("load", "validate", "fields", "requires_of"):
+            check_target(backend.name, what, getattr(backend, what))
         self._backends[backend.name] = backend
+        self._sources[backend.name] = source
+
+    def add_from_hook(self, hook, **kwargs: Any) -> None:
+        """Call every implementation of ``hook`` (``config.hook.pytest_quant_backends``) in pluggy's order and
+        register what each returns under its plugin's name (a conftest's path, an entry point's name), so a
+        collision names both plugins."""
+        for impl in reversed(hook.get_hookimpls()):
+            if getattr(impl, "hookwrapper", False) or getattr(impl, "wrapper", False):
+                continue
+            args = {name: kwargs[name] for name in impl.argnames if name in kwargs}
+            for backend in impl.function(**args) or ():
+                self.add(backend, f"plugin {impl.plugin_name!r}")
 
     def __getitem__(self, name: str) -> Backend:
         return self._backends[name]

@@ -50,9 +50,9 @@ def requirements(model_path: Path) -> tuple[str, ...]:
 
 
 def load_checkpoint(path: Path, device: str, kernel: str | None = None, dtype=None, device_map: str | None = None,
-                    **load_options):
+                    trust_remote_code: bool = False, **load_options):
     """Load a quantized checkpoint folder with transformers, with an explicit kernel for GPTQ and AWQ, onto
-    ``device`` (or spread by ``device_map="auto"``)."""
+    ``device`` (or spread by ``device_map="auto"``); ``trust_remote_code`` is passed to transformers as given."""
     from transformers import AutoModelForCausalLM
 
     from .common import default_dtype
@@ -85,7 +85,8 @@ def load_checkpoint(path: Path, device: str, kernel: str | None = None, dtype=No
         # "You passed `quantization_config` ... loading attributes will be overwritten": that is the point.
         warnings.filterwarnings("ignore", message="You passed `quantization_config`")
         model = AutoModelForCausalLM.from_pretrained(
-            path, device_map=device_map or device, dtype=dtype, **({"quantization_config": config} if config is not None else {})
+            path, device_map=device_map or device, dtype=dtype, trust_remote_code=trust_remote_code,
+            **({"quantization_config": config} if config is not None else {})
         )
     model.eval()
     return model, method, kernel

@@ -23,10 +23,12 @@ def default_dtype(model_path: Path, device: str):
     return torch.float16 if name == "float16" else torch.bfloat16
 
 
-def load_tokenizer(model_path: Path):
+def load_tokenizer(model_path: Path, trust_remote_code: bool = False):
+    """The model folder's tokenizer. ``trust_remote_code`` is passed explicitly (False unless
+    --quant-trust-remote-code): transformers then refuses a folder's own code instead of asking on stdin."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_path)
+    return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
 
 
 def quantized_linear_classes(model) -> str:

@@ -64,19 +64,21 @@ def load(request) -> Loaded:
         raise ValueError(f"onnxruntime runs on CPU here (CPUExecutionProvider); got device {request.device!r}")
     settings = {**DEFAULTS, **request.recipe.options}
     validate(settings)
+    trust = bool(getattr(request, "trust_remote_code", False))
     notes: dict[str, Any] = {}
     cache, seconds = "", 0.0
     if request.cache_dir is None:
         import tempfile
 
         folder = Path(tempfile.mkdtemp(prefix="pytest-quant-onnx-"))
-        seconds = export_and_quantize(request.model_path, settings, folder)
+        seconds = export_and_quantize(request.model_path, settings, folder, trust)
     else:
         root = Path(request.cache_dir) / CACHE_SUBDIR
         inputs = cache_inputs(request.model_path, settings, root)
         key = qcache.cache_key(inputs)
         built = qcache.build(root, key, inputs,
-                             lambda staged: {"quantize_seconds": export_and_quantize(request.model_path, settings, staged)})
+                             lambda staged: {"quantize_seconds": export_and_quantize(request.model_path, settings, staged,
+                                                                                     trust)})
         folder, cache = built.path, built.status
         seconds = float(built.info.get("quantize_seconds", 0.0)) if built.status != "hit" else 0.0
         if built.status == "hit":
@@ -86,12 +88,12 @@ def load(request) -> Loaded:
         notes["cache_key"] = key
     notes["onnx_dir"] = str(folder)
     request.before_load()
-    model = OrtCausalLM(folder, request.model_path, settings.get("intra_op_threads") or 0)
+    model = OrtCausalLM(folder, request.model_path, settings.get("intra_op_threads") or 0, trust_remote_code=trust)
     notes["footprint_bytes"] = model.get_memory_footprint()
     notes["session_rss_bytes"] = model.session_rss_bytes
     return Loaded(
         model,
-        load_tokenizer(request.model_path),
+        load_tokenizer(request.model_path, trust_remote_code=trust),
         "float32",
         kernel="onnxruntime:" + ",".join(model.quantized_ops) if model.quantized_ops else "onnxruntime",
         quantize_seconds=seconds,
@@ -115,7 +117,7 @@ def cache_inputs(model_path: Path, settings: dict[str, Any], root: Path) -> dict
 
 # -- export and quantization ---------------------------------------------------------------------------
 
-def export_and_quantize(model_path: Path, settings: dict[str, Any], out_dir: Path) -> float:
+def export_and_quantize(model_path: Path, settings: dict[str, Any], out_dir: Path, trust_remote_code: bool = False) -> float:
     """Export the fp32 model with a KV cache, quantize it dynamically into ``out_dir/model.onnx``; seconds."""
     import tempfile
 
@@ -126,7 +128,7 @@ def export_and_quantize(model_path: Path, settings: dict[str, Any], out_dir: Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="export-", dir=out_dir.parent) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        large = export(model_path, fp32, settings["opset"])
+        large = export(model_path, fp32, settings["opset"], trust_remote_code)
         quantize_dynamic(
             fp32,
             out_dir / MODEL_FILE,
@@ -138,12 +140,13 @@ def export_and_quantize(model_path: Path, settings: dict[str, Any], out_dir: Pat
     return time.perf_counter() - start
 
 
-def export(model_path: Path, out_file: Path, opset: int) -> bool:
+def export(model_path: Path, out_file: Path, opset: int, trust_remote_code: bool = False) -> bool:
     """Export ``model_path`` to ``out_file``; True when its weights went to an external data file."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation="eager",
+                                                 trust_remote_code=trust_remote_code)
     model.eval()
     config = model.config
     layers = config.num_hidden_layers
@@ -237,15 +240,15 @@ class OrtCausalLM:
     ``get_memory_footprint()`` (bytes of the quantized ONNX files).
     """
 
-    def __init__(self, folder: Path, model_path: Path, intra_op_threads: int = 0):
+    def __init__(self, folder: Path, model_path: Path, intra_op_threads: int = 0, trust_remote_code: bool = False):
         import onnxruntime as ort
         import torch
         from transformers import AutoConfig, GenerationConfig
 
         self.folder = Path(folder)
-        self.config = AutoConfig.from_pretrained(model_path)
+        self.config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         try:  # read for its eos_token_id by the greedy generation measurement
-            self.generation_config = GenerationConfig.from_pretrained(model_path)
+            self.generation_config = GenerationConfig.from_pretrained(model_path)  # JSON only: runs no code
         except OSError:
             self.generation_config = GenerationConfig.from_model_config(self.config)
         self.device = torch.device("cpu")

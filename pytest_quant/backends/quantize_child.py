@@ -98,9 +98,12 @@ def make_deterministic(device: str, seed: int = SEED) -> dict[str, object]:
             "pythonhashseed": os.environ.get("PYTHONHASHSEED")}
 
 
-def write_job(path: Path, model_path: Path, spec, windows, device: str, out_dir: Path, result_file: Path) -> None:
-    """The job file the child reads: the spec fields quantization needs and the exact calibration windows."""
+def write_job(path: Path, model_path: Path, spec, windows, device: str, out_dir: Path, result_file: Path,
+              trust_remote_code: bool = False) -> None:
+    """The job file the child reads: the spec fields quantization needs and the exact calibration windows;
+    ``trust_remote_code`` (--quant-trust-remote-code) is what GPTQModel is told when it loads the model."""
     job = {
+        "trust_remote_code": bool(trust_remote_code),
         "model_path": str(model_path),
         "method": spec.method,
         "quantize": spec.quantize,
@@ -123,7 +126,8 @@ def run(job: dict) -> dict:
     config.auto_forward_data_parallel = False
     dataset = [{"input_ids": list(w), "attention_mask": [1] * len(w)} for w in job["windows"]]
     start = time.perf_counter()
-    qmodel = gptqmodel.GPTQModel.load(job["model_path"], config, device=device)
+    qmodel = gptqmodel.GPTQModel.load(job["model_path"], config, device=device,
+                                      trust_remote_code=bool(job.get("trust_remote_code", False)))
     qmodel.quantize(dataset, batch_size=job["batch_size"])
     qmodel.save(job["out_dir"])
     seconds = time.perf_counter() - start
