@@ -38,7 +38,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from pytest_quant.models import TINY_DIR, embedded_eval_text  # noqa: E402
-from pytest_quant.session import EVAL_BATCH_WINDOWS  # noqa: E402
+from pytest_quant.measure.quality import EvalSpec  # noqa: E402
+
+EVAL_BATCH_WINDOWS = EvalSpec(Path()).batch_windows  # the plugin's eval batch: EvalSpec's default
 
 RECIPES = {
     "bnb-nf4": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"},
@@ -234,7 +236,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=8192, help="tokens of the held-out text to score (8192)")
     parser.add_argument("--context", type=int, default=512, help="window length (512)")
     parser.add_argument("--batch-windows", type=int, default=EVAL_BATCH_WINDOWS,
-                        help=f"windows per forward pass ({EVAL_BATCH_WINDOWS}, the plugin's: session.EVAL_BATCH_WINDOWS)")
+                        help=f"windows per forward pass ({EVAL_BATCH_WINDOWS}, the plugin's: EvalSpec.batch_windows)")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch's default)")

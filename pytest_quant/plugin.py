@@ -15,10 +15,16 @@ from .options import QuantOptions, add_options, value_or_ini
 from .recipes import RecipeError, available_recipes
 from .report.properties import detail, properties
 from .report.summary import SummaryPlugin
-from .session import NEEDS, Pair, QuantModel, QuantSession, few_tokens_note
+from .run.inputs import few_tokens_note
+from .run.measurer import NEEDS
+from .run.pairs import Pair
+from .run.quant_model import QuantModel
+from .run.session import QuantSession
+from .verdict import GateViolation, Verdict, judge
 
 SESSION_KEY = pytest.StashKey[QuantSession]()
 MEASURED_KEY = pytest.StashKey["object"]()  # the Measurements recorded after a test body
+VERDICT_KEY = pytest.StashKey[Verdict]()  # the gates' verdict on them
 GATE_STATUS = ("failed", "Q", ("QUANT GATE", {"red": True}))
 
 
@@ -116,8 +122,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         needs |= gates.gates_of(item).reference_needs
         if "quant_reference" in getattr(item, "fixturenames", ()):
             needs |= set(NEEDS)  # the fixture shows every figure, whatever the order of the tests
-    if quant.options.report is not None:
-        needs |= set(NEEDS)  # a report shows every figure of every recipe
+    # a report shows what the tests measured: writing one adds no measurement ("-" where nothing was asked)
     quant.references.plan(frozenset(needs))
 
 
@@ -162,7 +167,12 @@ def quant_recipe(quant_pair: Pair):
 def quant_model(quant_pair: Pair, request: pytest.FixtureRequest):
     """The model loaded under the current recipe, once per session; released before the next loads."""
     quant: QuantSession = request.config.stash[SESSION_KEY]
-    qm = quant.open(quant_pair)
+    try:
+        qm = quant.open(quant_pair)
+    except Exception:
+        # what was found before the failure (names, load time), so that the pair has its FAIL row in the summary
+        request.node.user_properties.extend(properties(quant.ledger.known(quant_pair)))
+        raise
     yield qm
     quant.close(qm)
 
@@ -171,7 +181,7 @@ def quant_model(quant_pair: Pair, request: pytest.FixtureRequest):
 def quant_reference(quant_pair: Pair, request: pytest.FixtureRequest):
     """The unquantized reference of the current model: its measurements (measured once per session)."""
     quant: QuantSession = request.config.stash[SESSION_KEY]
-    if quant.reference_pair(quant_pair.model) is None:
+    if quant.pairing.reference_of(quant_pair.model) is None:
         pytest.fail(f"quant_reference: {quant_pair.model.name} is a pre-quantized checkpoint and has no unquantized "
                     "reference; gate it with absolute limits or vs='baseline'", pytrace=False)
     return quant.references.ensure(quant_pair.model)
@@ -179,74 +189,73 @@ def quant_reference(quant_pair: Pair, request: pytest.FixtureRequest):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
-    """After the test body (passed or not), measure what the test's markers need and record it."""
+    """After the test body (passed or not), measure what the test's markers need, record it and judge it: a
+    violated gate is raised here, in the call phase, as a failing assert would be (xfail treats it the same)."""
     qm: QuantModel | None = getattr(item, "funcargs", {}).get("quant_model")
     if qm is None:
         return (yield)
     try:
         result = yield
-    except BaseException:
+    except Exception:
+        measured = _record(item, qm, body_failed=True)
+        item.stash[VERDICT_KEY] = _judge(item, measured)  # reported beside the body's own failure
+        raise
+    except BaseException:  # skip, fail, exit, interrupt: what was measured is kept, nothing is judged
         _record(item, qm, body_failed=True)
         raise
-    _record(item, qm, body_failed=False)
+    verdict = _judge(item, _record(item, qm, body_failed=False))
+    item.stash[VERDICT_KEY] = verdict
+    if verdict.violations:
+        raise GateViolation(_reasons(item, verdict))
     return result
 
 
-def _record(item: pytest.Item, qm: QuantModel, body_failed: bool) -> None:
-    quant: QuantSession = item.config.stash[SESSION_KEY]
+def _record(item: pytest.Item, qm: QuantModel, body_failed: bool):
     needs = gates.gates_of(item).needs
-    if quant.options.report is not None:
-        needs |= frozenset(NEEDS)
     try:
-        measured = quant.measure(qm, needs) if needs and qm.model is not None else qm.measurements
-    except Exception:
+        measured = qm.measure(needs) if needs and qm.model is not None else qm.measurements
+    except BaseException:
+        measured = qm.measurements  # what was measured before the failure: the pair keeps its summary row
+        item.stash[MEASURED_KEY] = measured
+        item.user_properties.extend(properties(measured))
         if not body_failed:
             raise  # the measurement failed: that is this test's failure
-        measured = qm.measurements  # the body's own failure is the one to report; keep what was measured
+        return measured  # the body's own failure is the one to report
     item.stash[MEASURED_KEY] = measured
     item.user_properties.extend(properties(measured))
+    return measured
+
+
+def _judge(item: pytest.Item, measured) -> Verdict:
+    verdict = judge(item, measured)
+    item.user_properties.extend(verdict.properties)
+    return verdict
+
+
+def _reasons(item: pytest.Item, verdict: Verdict) -> str:
+    reasons = verdict.reasons
+    quality = getattr(item.stash.get(MEASURED_KEY, None), "quality", None)
+    options = item.config.stash[SESSION_KEY].options
+    few = quality and few_tokens_note(quality.tokens_scored, options.eval_tokens, options.eval_text)
+    return reasons + ("\n" + few.removeprefix("pytest-quant: ") if few else "")
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """Check the gates after the body, and report a violated one under its own status, not as an assert."""
+    """A violated gate is reported under its own status with its one-line reasons (not a traceback), and the
+    figures beside it; under xfail it is an expected failure like any failing assert."""
     report: pytest.TestReport = yield
-    measured = item.stash.get(MEASURED_KEY, None)
-    if call.when != "call" or measured is None:
+    verdict = item.stash.get(VERDICT_KEY, None)
+    if call.when != "call" or verdict is None or not verdict.violations:
         return report
-    parsed = gates.gates_of(item)
-    violations = [v for limit in parsed.limits for v in gates.check(limit, measured)]
-    sections: list[tuple[str, str]] = []
-    if parsed.baseline:
-        from .baselines.gate import IMPROVED_PROPERTY, check
-
-        try:
-            baseline = check(item, parsed.baseline, measured)
-        except Exception as exc:  # a broken baseline must fail this test, not the session
-            violations.append(gates.Violation(parsed.baseline[0].marker, f"baseline check failed: "
-                                              f"{type(exc).__name__}: {exc}", float("nan"), float("nan"), ""))
-        else:
-            violations += baseline.violations
-            if baseline.improved:
-                report.user_properties.append((IMPROVED_PROPERTY, baseline.improved))
-            if baseline.detail:
-                sections.append(("quant baseline", baseline.detail))
-    if not violations:
-        return report
-    reasons = "\n".join(v.reason for v in violations)
-    quality = getattr(measured, "quality", None)
-    few = quality and few_tokens_note(quality.tokens_scored, item.config.stash[SESSION_KEY].options.eval_tokens,
-                                      item.config.stash[SESSION_KEY].options.eval_text)
-    if few:
-        reasons += "\n" + few.removeprefix("pytest-quant: ")
-    report.sections.append(("Captured quant metrics call", detail(measured)))
-    report.sections.extend((f"Captured {title} call", text) for title, text in sections)
-    if report.passed:
-        report.outcome = "failed"
-        report.longrepr = reasons
-        report.quant_gate = reasons
-    else:
-        report.sections.append(("Captured quant gate violations call", reasons))
+    report.sections.append(("Captured quant metrics call", detail(item.stash[MEASURED_KEY])))
+    report.sections.extend((f"Captured {title} call", text) for title, text in verdict.sections)
+    gate_raised = call.excinfo is not None and call.excinfo.errisinstance(GateViolation)
+    if gate_raised and report.failed:
+        report.longrepr = str(call.excinfo.value)
+        report.quant_gate = report.longrepr
+    elif not gate_raised:
+        report.sections.append(("Captured quant gate violations call", verdict.reasons))
     return report
 
 

@@ -18,7 +18,8 @@ import pytest
 from pytest_quant import gates, hardware
 from pytest_quant.baselines.compare import Comparison, compare
 from pytest_quant.baselines.record import BaselineFormatError, dumps, loads
-from pytest_quant.baselines.rules import RULE as METRIC, parse_tolerance_ini
+from pytest_quant.metrics import BASELINE_METRIC as METRIC
+from pytest_quant.tolerances import parse_tolerance_ini
 from pytest_quant.baselines.settings import BaselineSettings
 
 REFERENCE = ("--quant-recipes", "reference")

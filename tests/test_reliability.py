@@ -373,7 +373,7 @@ KEPT: object = None
 
 
 def test_holders_names_a_module_global_that_keeps_an_object() -> None:
-    from pytest_quant.quant_model import holders
+    from pytest_quant.run.live import holders
 
     global KEPT
     KEPT = object.__new__(type("Model", (), {}))

@@ -6,18 +6,18 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..metrics import BASELINE_METRIC, QUALITY_KEYS, Metric
 from .record import BaselineFormatError, loads
-from .rules import QUALITY_KEYS, RULE, Rule
 
 # Context keys that say what was measured: a stored value that differs refuses the comparison.
 IDENTITY_KEYS = {"model_sha256": "model weights (sha256 of config.json and weight files)",
                  "recipe_settings": "recipe settings"}
-RECORDED_BEFORE_BATCH = 8  # the plugin's evaluation batch (session.EVAL_BATCH_WINDOWS) until baselines recorded it
+RECORDED_BEFORE_BATCH = 8  # the evaluation batch of every baseline recorded before baselines recorded it
 
 
 @dataclass(frozen=True)
 class Comparison:
-    metric: Rule
+    metric: Metric
     measured: float
     baseline: float
     tolerance: float
@@ -102,7 +102,7 @@ def compare(received: dict[str, Any], stored_text: str, tolerances: dict[str, fl
         if key not in stored["metrics"]:
             outcome.problems.append(f"has no {key}: refresh with --snapshot-update")
             continue
-        outcome.comparisons.append(Comparison(RULE[key], received["metrics"][key], stored["metrics"][key], tolerance))
+        outcome.comparisons.append(Comparison(BASELINE_METRIC[key], received["metrics"][key], stored["metrics"][key], tolerance))
     return outcome
 
 

@@ -13,16 +13,10 @@ from syrupy.location import PyTestLocation
 
 from ..atomic import atomic_write
 from ..hardware import device_kind
-from .compare import compare
-from .record import BaselineFormatError, dumps
-from .rules import RULE
-from .settings import SETTINGS_KEY, BaselineSettings
-
-
-def _model_name(item: Any) -> str | None:
-    callspec = getattr(item, "callspec", None)
-    pair = callspec.params.get("quant_pair") if callspec is not None else None
-    return getattr(getattr(pair, "model", None), "name", None)
+from ..metrics import BASELINE_METRIC
+from .compare import Outcome, compare
+from .record import FORMAT_VERSION, BaselineFormatError, dumps
+from .settings import SETTINGS_KEY, BaselineSettings, model_name
 
 
 class BaselineExtension(JSONSnapshotExtension):
@@ -34,6 +28,8 @@ class BaselineExtension(JSONSnapshotExtension):
 
     tolerances: dict[str, float] | None = None
     update: bool = False
+    received: dict[str, Any] | None = None  # the raw record, compared instead of its rounded text
+    outcomes: list[Outcome] | None = None  # where the one comparison's outcome is handed back to the gate
 
     # where
     @classmethod
@@ -41,7 +37,7 @@ class BaselineExtension(JSONSnapshotExtension):
         """``<baseline dir>/<model>/<hardware key>`` for a test of a model x recipe, else None."""
         config = getattr(test_location.item, "config", None)
         settings = config.stash.get(SETTINGS_KEY, None) if config is not None else None
-        model = _model_name(test_location.item)
+        model = model_name(test_location.item)
         if settings is None or model is None:
             return None
         return settings.root / model / settings.hardware
@@ -75,10 +71,12 @@ class BaselineExtension(JSONSnapshotExtension):
         if site is None or not site.is_dir():
             return discovered
         settings: BaselineSettings = test_location.item.config.stash[SETTINGS_KEY]
+        if settings.incomplete:  # a module skipped or broken at collection: its tests' files are not unused
+            return discovered
         for path in sorted(site.glob(f"*.{self.file_extension}")):
-            if path.name.startswith(".") or not path.is_file():
+            if path.name.startswith(".") or path.is_symlink() or not path.is_file():
                 continue
-            if (site.parent.name, path.stem) in settings.owners or not _recipe_in(path, settings.recipes):
+            if (site.parent.name, path.stem) in settings.owners or not _baseline_of(path, settings.recipes):
                 continue
             discovered.add(self.read_snapshot_collection(snapshot_location=str(path)))
         return discovered
@@ -88,12 +86,17 @@ class BaselineExtension(JSONSnapshotExtension):
         return dumps(data)
 
     def matches(self, *, serialized_data: Any, snapshot_data: Any) -> bool:
-        received = json.loads(serialized_data)
+        """The one comparison: the raw record (when bound) against the stored text; its outcome is handed back
+        to the gate, which reports from it and never compares again."""
+        received = self.received if self.received is not None else json.loads(serialized_data)
         tolerances = self.tolerances
         if tolerances is None:
             kind = device_kind(str(received["context"].get("device", "")))
-            tolerances = {key: RULE[key].defaults[kind] for key in received["metrics"]}
-        return compare(received, snapshot_data, tolerances).matches(self.update)
+            tolerances = {key: BASELINE_METRIC[key].defaults[kind] for key in received["metrics"]}
+        outcome = compare(received, snapshot_data, tolerances)
+        if self.outcomes is not None:
+            self.outcomes.append(outcome)
+        return outcome.matches(self.update)
 
     # how
     @classmethod
@@ -107,16 +110,22 @@ class BaselineExtension(JSONSnapshotExtension):
         atomic_write(target, data)
 
 
-def bound(tolerances: dict[str, float], update: bool) -> type[BaselineExtension]:
-    """The extension comparing these metrics with these tolerances (a class: syrupy instantiates it)."""
-    return type("BoundBaselineExtension", (BaselineExtension,), {"tolerances": dict(tolerances), "update": update})
+def bound(tolerances: dict[str, float], update: bool, received: dict[str, Any],
+          outcomes: list[Outcome]) -> type[BaselineExtension]:
+    """The extension comparing ``received`` with these tolerances (a class: syrupy instantiates it); the
+    comparison's outcome is appended to ``outcomes``."""
+    return type("BoundBaselineExtension", (BaselineExtension,), {"tolerances": dict(tolerances), "update": update,
+                                                                 "received": received, "outcomes": outcomes})
 
 
-
-def _recipe_in(path: Path, recipes: frozenset[str]) -> bool:
-    """Whether a file belongs to one of this session's recipes (an unreadable file does: it is ours to report)."""
+def _baseline_of(path: Path, recipes: frozenset[str]) -> bool:
+    """Whether a file is a baseline of one of this session's recipes: a file that is not a baseline record (a
+    user's notes, an unreadable file) is never called unused, so never deleted."""
     try:
-        recipe = json.loads(path.read_text(encoding="utf-8"))["context"]["recipe"]
-    except Exception:
-        return True
-    return not isinstance(recipe, str) or recipe in recipes
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION or not isinstance(data.get("metrics"), dict):
+        return False
+    context = data.get("context")
+    return isinstance(context, dict) and context.get("recipe") in recipes

@@ -8,17 +8,23 @@ from typing import Any
 import pytest
 from syrupy.location import PyTestLocation
 
-from ..gates import gates_of
-from .extension import BaselineExtension, _model_name
-from .gate import IMPROVED_PROPERTY
-from .rules import RULES, TOLERANCE_INI, parse_tolerance_ini
-from .settings import SETTINGS_KEY, BaselineSettings
+from ..gates.markers import gates_of
+from ..metrics import BASELINE_METRICS
+from ..tolerances import TOLERANCE_INI, ToleranceError, parse_tolerance_ini
+from .extension import BaselineExtension
+from .gate import IMPROVED_PROPERTY, MISSING_PROPERTY
+from .settings import SETTINGS_KEY, BaselineSettings, model_name
+
+FALLBACK_INI = "quant_baseline_fallback"
 
 
 def add_ini(parser: pytest.Parser) -> None:
     parser.addini(TOLERANCE_INI, "baseline tolerances, one '[cpu:|cuda:]metric = number' per line; metrics: "
-                  + ", ".join(f"{m.key} (default cpu {m.defaults['cpu']:g}, cuda {m.defaults['cuda']:g})" for m in RULES),
-                  type="linelist", default=[])
+                  + ", ".join(f"{m.key} (default cpu {m.defaults['cpu']:g}, cuda {m.defaults['cuda']:g})"
+                              for m in BASELINE_METRICS), type="linelist", default=[])
+    parser.addini(FALLBACK_INI, "on a GPU kind with no baselines of its own: the hardware key (a folder under "
+                  "<baseline dir>/<model>/) whose quality baselines gate quality; default: the newest file of another "
+                  "CUDA kind", default="")
 
 
 class BaselinePlugin:
@@ -29,22 +35,37 @@ class BaselinePlugin:
                  sharded: bool = False):
         root = baseline_dir if baseline_dir.is_absolute() else config.invocation_params.dir / baseline_dir
         self.config = config
+        try:
+            tolerances = parse_tolerance_ini(config.getini(TOLERANCE_INI))
+        except ToleranceError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        fallback = str(config.getini(FALLBACK_INI) or "").strip() or None
+        if fallback is not None and (fallback == "cpu" or "/" in fallback or fallback.startswith(".")):
+            raise pytest.UsageError(f"ini {FALLBACK_INI} = {fallback!r}: expected a GPU hardware key, a folder name "
+                                    "under <baseline dir>/<model>/ such as nvidia-h100-80gb-hbm3")
         self.settings = BaselineSettings(root=root, device=device, rootpath=config.rootpath, eval_text=eval_text,
-                                         recipes=frozenset(recipes), sharded=sharded,
-                                         ini_tolerances=parse_tolerance_ini(config.getini(TOLERANCE_INI)))
+                                         recipes=frozenset(recipes), sharded=sharded, ini_tolerances=tolerances,
+                                         fallback_hardware=fallback)
         config.stash[SETTINGS_KEY] = self.settings
         self.errors: dict[str, str] = {}
         self.improved: list[str] = []
+        self.missing: dict[str, int] = {}  # the one line for a GPU kind without baselines -> tests it failed
 
     def _gated(self, item: pytest.Item) -> bool:
         return bool(gates_of(item).baseline)
 
     def _own(self, item: pytest.Item) -> None:
         """Record which baseline file a collected test owns: such a file is never unused."""
-        model = _model_name(item)
+        model = model_name(item)
         if model is not None:
             name = BaselineExtension.get_snapshot_name(test_location=PyTestLocation(item))
             self.settings.owners.setdefault((model, name), []).append(item.nodeid)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        """A module skipped at collection (``importorskip`` of a library this runner lacks) or failing to import:
+        the baselines of its tests cannot be told from unused ones, so none is called unused this session."""
+        if report.outcome in ("skipped", "failed") and report.nodeid:
+            self.settings.incomplete.append(report.nodeid)
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         for item in items:
@@ -81,8 +102,15 @@ class BaselinePlugin:
         for key, value in getattr(report, "user_properties", ()):
             if key == IMPROVED_PROPERTY:
                 self.improved.extend(value)
+            elif key == MISSING_PROPERTY:
+                self.missing[value] = self.missing.get(value, 0) + 1
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.settings.incomplete and getattr(self.config.option, "update_snapshots", False) and self.config.get_verbosity() > -2:
+            terminalreporter.write_line(f"pytest-quant: no baseline was called unused or deleted: "
+                                        f"{', '.join(self.settings.incomplete)} skipped or failed at collection")
+        for line, tests in self.missing.items():
+            terminalreporter.write_line(f"pytest-quant: {line} ({tests} test{'s' if tests != 1 else ''})", red=True)
         if self.improved and self.config.get_verbosity() > -2:
             terminalreporter.write_sep("=", "pytest-quant baselines")
             terminalreporter.write_line("improved beyond tolerance: refresh with --snapshot-update")

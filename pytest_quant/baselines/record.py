@@ -8,8 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..metrics import METRIC, Measurements
-from .rules import QUALITY_KEYS, RULE
+from ..metrics import BASELINE_METRIC, METRIC, QUALITY_KEYS, Measurements
 from .settings import BaselineSettings
 
 FORMAT_VERSION = 1
@@ -39,7 +38,7 @@ def dumps(record: dict[str, Any]) -> str:
         if isinstance(value, float):
             if not math.isfinite(value):
                 raise ValueError(f"{key} is {value}: a baseline holds finite numbers only")
-            decimals = RULE[key].decimals if key in RULE else CONTEXT_DECIMALS.get(key)
+            decimals = BASELINE_METRIC[key].decimals if key in BASELINE_METRIC else CONTEXT_DECIMALS.get(key)
             if decimals == 0:
                 return str(int(round(value)))
             return f"{value:.{decimals}f}" if decimals is not None else json.dumps(value)
@@ -68,8 +67,8 @@ def loads(text: str) -> dict[str, Any]:
     for key, value in metrics.items():
         if key in OLD_KEYS:
             raise BaselineFormatError(f"metrics.{key}: {OLD_KEYS[key]}: run --snapshot-update")
-        if key not in RULE:
-            raise BaselineFormatError(f"unknown metric {key!r} in 'metrics'; known: {', '.join(RULE)}")
+        if key not in BASELINE_METRIC:
+            raise BaselineFormatError(f"unknown metric {key!r} in 'metrics'; known: {', '.join(BASELINE_METRIC)}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise BaselineFormatError(f"metrics.{key} is {value!r}, expected a finite number >= 0")
     return data
@@ -108,6 +107,6 @@ def record(metrics: Measurements, keys: list[str], settings: BaselineSettings,
                                  "batch_size": t.batch_size}
     if "vram_resident_bytes" in keys:
         context["vram"] = {"source": metrics.vram.source}
-    values = {key: RULE[key].read(metrics) for key in keys}
+    values = {key: BASELINE_METRIC[key].read(metrics) for key in keys}
     return {"format_version": FORMAT_VERSION, "context": context,
-            "metrics": {k: (int(v) if RULE[k].decimals == 0 else float(v)) for k, v in values.items()}}
+            "metrics": {k: (int(v) if BASELINE_METRIC[k].decimals == 0 else float(v)) for k, v in values.items()}}

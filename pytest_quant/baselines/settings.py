@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ..hardware import device_kind, environment, hardware_key, placement_devices, placement_key
-from .rules import RULE
+from ..metrics import BASELINE_METRIC
 
 SETTINGS_KEY = pytest.StashKey["BaselineSettings"]()
 
@@ -32,6 +32,9 @@ class BaselineSettings:
     _eval_sha256: str | None = None
     identities: dict[str, dict[str, Any]] = field(default_factory=dict)  # pair id -> record.identity(...), once
     sharded: bool = False  # --quant-device auto: the key names every GPU a model is spread over
+    # collectors skipped or broken at collection: their tests' files cannot be told from unused ones
+    incomplete: list[str] = field(default_factory=list)
+    fallback_hardware: str | None = None  # ini quant_baseline_fallback: whose quality baselines a new GPU kind uses
 
     @property
     def device_kind(self) -> str:
@@ -60,7 +63,26 @@ class BaselineSettings:
         for kind in (self.device_kind, None):
             if (kind, key) in self.ini_tolerances:
                 return self.ini_tolerances[(kind, key)]
-        return RULE[key].defaults[self.device_kind]
+        return BASELINE_METRIC[key].defaults[self.device_kind]
+
+    def missing_line(self, model: str) -> str:
+        """The one line for a GPU kind with no baselines of its own."""
+        return (f"no baseline for {model}/{self.hardware}: speed and memory are recorded per GPU kind; record this "
+                f"kind's with --snapshot-update (e.g. pytest suites --quant-gpu --snapshot-update) and commit "
+                f"{self.show(self.root / model / self.hardware)}")
+
+    def fallback(self, path: Path) -> Path | None:
+        """The same test's baseline recorded on another CUDA kind, for its quality figures: the ini's
+        ``quant_baseline_fallback`` hardware key when set, else the newest file (modification time, then name)."""
+        site = path.parent
+        model_dir = site.parent
+        if not model_dir.is_dir():
+            return None
+        found = [d / path.name for d in sorted(model_dir.iterdir()) if d.is_dir() and not d.is_symlink()
+                 and d.name not in ("cpu", site.name) and (d / path.name).is_file() and not (d / path.name).is_symlink()]
+        if self.fallback_hardware:
+            return next((p for p in found if p.parent.name == self.fallback_hardware), None)
+        return max(found, key=lambda p: (p.stat().st_mtime_ns, p.parent.name), default=None)
 
     def show(self, path: str | Path) -> str:
         path = Path(path)
@@ -70,7 +92,11 @@ class BaselineSettings:
             return str(path)
 
 
-def _model_name(item: Any) -> str | None:
+def pair_of(item: Any) -> Any:
+    """The model x recipe a test item is parametrized with by pytest-quant, or None."""
     callspec = getattr(item, "callspec", None)
-    pair = callspec.params.get("quant_pair") if callspec is not None else None
-    return getattr(getattr(pair, "model", None), "name", None)
+    return callspec.params.get("quant_pair") if callspec is not None else None
+
+
+def model_name(item: Any) -> str | None:
+    return getattr(getattr(pair_of(item), "model", None), "name", None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..units import format_bytes
+from ..metrics import METRIC
 
 
 @dataclass(frozen=True)
@@ -13,11 +13,16 @@ class Column:
     key: str  # the row key (a metric key of pytest_quant.metrics, or a text field)
     title: str  # in report files
     short: str  # in the terminal
-    fmt: Callable[[Any], str] = str
     text: bool = False  # left-aligned words, not a number
     terminal: bool = True  # the terminal keeps its width: some columns are in the files only
     se: str | None = None  # the row key of its standard error, shown after it as "±SE" (two significant digits)
     optional: bool = False  # shown only when some row has it
+    sign: bool = False  # a difference: always signed
+
+    def format(self, value: Any) -> str:
+        """A metric's cell as the metric table formats it; a text field as it is."""
+        metric = METRIC.get(self.key)
+        return str(value) if self.text or metric is None else metric.cell(value, sign=self.sign)
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -25,25 +30,26 @@ COLUMNS: tuple[Column, ...] = (
     Column("recipe", "recipe", "recipe", text=True),
     Column("device", "device", "device", text=True),
     Column("kernel", "kernel", "kernel", text=True),
-    Column("vram_resident_bytes", "VRAM resident (CPU: footprint)", "VRAM", format_bytes),
+    Column("vram_resident_bytes", "VRAM resident (CPU: footprint)", "VRAM"),
     # models spread over GPUs (--quant-device auto) only
     Column("vram_resident_by_device", "VRAM resident per GPU", "per GPU", text=True, terminal=False, optional=True),
-    Column("vram_generate_peak_bytes", "VRAM peak generating", "gen peak", format_bytes, terminal=False),
-    Column("decode_tokens_per_s", "decode tok/s", "decode tok/s", lambda v: f"{v:.1f}"),
+    Column("vram_generate_peak_bytes", "VRAM peak generating", "gen peak", terminal=False),
+    Column("decode_tokens_per_s", "decode tok/s", "decode tok/s"),
     Column("decode_mode", "decode mode", "mode", text=True),
-    Column("roofline_percent", "% of bandwidth bound", "roofline %", lambda v: f"{v:.2f}"),
-    Column("perplexity", "perplexity", "ppl", lambda v: f"{v:.3f}", se="perplexity_se"),
+    Column("roofline_percent", "% of bandwidth bound", "roofline %"),
+    Column("perplexity", "perplexity", "ppl", se="perplexity_se"),
     # the paired SE: far below the perplexities' own, as both models stumble on the same tokens
-    Column("delta_perplexity", "Δ perplexity", "Δppl", lambda v: f"{v:+.3f}", se="delta_perplexity_se"),
-    Column("mean_kl_nats", "mean KL (nats)", "mean KL", lambda v: f"{v:.5f}", se="mean_kl_se_nats"),
-    Column("p99_kl_nats", "p99 KL (nats)", "p99 KL", lambda v: f"{v:.4f}", terminal=False),
-    Column("p999_kl_nats", "p99.9 KL (nats)", "p99.9 KL", lambda v: f"{v:.4f}", terminal=False),
-    Column("max_kl_nats", "max KL (nats)", "max KL", lambda v: f"{v:.4f}", terminal=False),
-    Column("rms_delta_p_percent", "RMS Δp (points)", "RMS Δp", lambda v: f"{v:.3f}", terminal=False,
-           se="rms_delta_p_se_percent"),
-    Column("top1_agreement_percent", "top-1 %", "top-1 %", lambda v: f"{v:.2f}", se="top1_agreement_se_percent"),
-    Column("generation_exact_match_percent", "generations equal %", "gen =%", lambda v: f"{v:.1f}", terminal=False),
-    Column("generation_mean_prefix_tokens", "tokens to divergence", "gen prefix", lambda v: f"{v:.1f}", terminal=False),
+    Column("delta_perplexity", "Δ perplexity", "Δppl", se="delta_perplexity_se", sign=True),
+    Column("mean_kl_nats", "mean KL (nats)", "mean KL", se="mean_kl_se_nats"),
+    Column("p99_kl_nats", "p99 KL (nats)", "p99 KL", terminal=False),
+    Column("p999_kl_nats", "p99.9 KL (nats)", "p99.9 KL", terminal=False),
+    Column("max_kl_nats", "max KL (nats)", "max KL", terminal=False),
+    Column("rms_delta_p_percent", "RMS Δp (points)", "RMS Δp", terminal=False, se="rms_delta_p_se_percent"),
+    Column("top1_agreement_percent", "top-1 %", "top-1 %", se="top1_agreement_se_percent"),
+    Column("generation_exact_match_percent", "generations equal %", "gen =%", terminal=False),
+    Column("generation_mean_prefix_tokens", "tokens to divergence", "gen prefix", terminal=False),
+    # a GPU kind with no baselines of its own: whose quality baselines gated it
+    Column("baseline_from", "quality baseline from", "baseline", text=True, terminal=False, optional=True),
     Column("result", "result", "result", text=True),
 )
 
@@ -62,4 +68,4 @@ def _cell(column: Column, row: dict[str, Any]) -> str:
     if value in (None, ""):
         return "-"
     se = row.get(column.se) if column.se else None
-    return column.fmt(value) + (f"±{se:.2g}" if isinstance(se, (int, float)) and se > 0 else "")
+    return column.format(value) + (f"±{se:.2g}" if isinstance(se, (int, float)) and se > 0 else "")

@@ -9,7 +9,7 @@ from .columns import cells
 from .properties import PREFIX
 
 # A row's result is the worst of its tests'.
-SEVERITY = {"pass": 0, "interrupted": 1, "FAIL": 2}
+SEVERITY = {"pass": 0, "xfail": 1, "interrupted": 2, "FAIL": 3}
 
 
 @dataclass
@@ -28,6 +28,8 @@ class Rows:
         row["result"] = result
         if report.failed:
             self.worsen(props["pair"], "FAIL")
+        elif report.skipped and hasattr(report, "wasxfail"):
+            self.worsen(props["pair"], "xfail")  # an expected failure: a known-bad recipe
 
     def worsen(self, pair: str, result: str) -> None:
         row = self.pairs.get(pair)

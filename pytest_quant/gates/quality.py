@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import math
 
+from ..measure.stats import wilson_lower_bound
+from ..metrics import Measurements, delta_perplexity
 from .bounds import judge
 from .limits import Limits, Violation
-from .measure.stats import wilson_lower_bound
-from .metrics import Measurements
 
 DEFAULT_GENERATION_TOKENS = 32
 # keywords whose limit confidence= applies to; percentiles have no standard error and are compared as measured
@@ -19,7 +19,7 @@ def check_perplexity(m: Measurements, limits: Limits) -> list[Violation]:
     """With confidence=: max is judged by the paired SE of PPL(Q) - PPL(base), max_rel in ln(PPL(Q)/PPL(base))."""
     out, st, conf = [], m.stats, limits.options.get("confidence")
     ppl, ref = m.quality.perplexity, m.reference.quality.perplexity
-    delta = ppl - ref
+    delta = delta_perplexity(m)
     n = m.quality.tokens_scored
     limit = limits.values.get("max")
     se = st.perplexity_difference_se if conf is not None else None

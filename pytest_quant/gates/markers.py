@@ -1,8 +1,6 @@
-"""The markers' argument parsers and pure checks: ``check(metrics, limits) -> Violation | None``.
-
-Each marker validates its arguments when the test is set up (a bad value is an error naming it) and
-declares what it needs measured, so the plugin measures only what a test's markers ask for.
-"""
+"""The markers: one spec each (keywords, options, what it needs measured, its pure check), the parser that
+validates a marker's arguments when the test is set up (a bad value is an error naming it), and the dispatch
+``check(limits, metrics) -> [Violation]``. A marker's help text and accepted keywords come from its spec."""
 
 from __future__ import annotations
 
@@ -12,29 +10,39 @@ from typing import Any, Callable
 
 import pytest
 
+from ..metrics import Measurements
+from ..units import parse_bytes
+from .checks import PHASES, check_tokens_per_second, check_vram
 from .limits import Limits, Violation
-from .metrics import Measurements
-from .quality_gates import (CONFIDENCE_KEYWORDS, DEFAULT_GENERATION_TOKENS, check_generation, check_kl,
-                            check_perplexity)
-from .units import format_bytes, parse_bytes
+from .quality import CONFIDENCE_KEYWORDS, DEFAULT_GENERATION_TOKENS, check_generation, check_kl, check_perplexity
+
+BASELINE_HELP = 'vs="baseline" (tolerance=...) compares with the stored baseline'
 
 
 class MarkerError(ValueError):
     """A marker written with arguments that cannot be checked; the message names the bad value."""
 
 
-NEEDS = ("quality", "vram", "throughput")
-
-
 @dataclass(frozen=True)
 class MarkerSpec:
     name: str
-    keywords: tuple[str, ...]
+    keywords: tuple[str, ...]  # the limits
     needs: frozenset[str]
     check: Callable[[Measurements, Limits], list[Violation]]
+    meaning: str  # what the limits mean, for the help text
     positional: str | None = None  # keyword the single positional argument stands for
-    help: str = ""
     ratio_keywords: frozenset[str] = frozenset()  # keywords measured against the reference
+    options: tuple[str, ...] = ()  # non-limit keywords (phase=, batch=, confidence=, tokens=)
+    baseline: bool = True  # vs="baseline" compares its figures
+
+    @property
+    def accepted(self) -> tuple[str, ...]:
+        return self.keywords + self.options + (("vs", "tolerance") if self.baseline else ())
+
+    @property
+    def help(self) -> str:
+        args = ", ".join(f"{k}=..." for k in self.keywords + self.options)
+        return f"{self.name}({args}): {self.meaning}" + (f"; {BASELINE_HELP}" if self.baseline else "")
 
 
 def _number(marker: str, key: str, value: Any, *, allow_zero: bool, maximum: float | None = None) -> float:
@@ -88,12 +96,14 @@ def parse(spec: MarkerSpec, args: tuple, kwargs: dict[str, Any]) -> Limits:
         if isinstance(prefix, (int, float)) and not isinstance(prefix, bool) and prefix > tokens:
             raise MarkerError(f"@pytest.mark.generation_agreement(min_prefix_tokens={prefix!r}): more than the "
                               f"{tokens} tokens compared (tokens={tokens})")
+    if vs is not None and not spec.baseline:
+        raise MarkerError(f"@pytest.mark.{name}(vs={vs!r}): {name} has no stored baseline; give its limits")
     if vs is not None and vs != "baseline":
         raise MarkerError(f"@pytest.mark.{name}(vs={vs!r}): the only comparison is vs='baseline'")
     if tolerance is not None:
         if vs is None:
             raise MarkerError(f"@pytest.mark.{name}(tolerance={tolerance!r}): a tolerance needs vs='baseline'")
-        from .baselines.rules import parse_tolerance
+        from ..tolerances import parse_tolerance
 
         try:
             tolerance = parse_tolerance(name, tolerance)
@@ -101,11 +111,8 @@ def parse(spec: MarkerSpec, args: tuple, kwargs: dict[str, Any]) -> Limits:
             raise MarkerError(str(exc)) from None
     unknown = sorted(set(given) - set(spec.keywords))
     if unknown:
-        raise MarkerError(
-            f"@pytest.mark.{name}: unknown keyword(s) {', '.join(unknown)}; accepted: {', '.join(spec.keywords)}, "
-            + {"vram_budget": "phase, ", "tokens_per_second": "batch, ", "perplexity_delta": "confidence, ",
-               "kl_divergence": "confidence, ", "generation_agreement": "tokens, "}.get(name, "") + "vs, tolerance"
-        )
+        raise MarkerError(f"@pytest.mark.{name}: unknown keyword(s) {', '.join(unknown)}; accepted: "
+                          f"{', '.join(spec.accepted)}")
     if not given and vs is None:
         raise MarkerError(f"@pytest.mark.{name} needs at least one limit: {', '.join(spec.keywords)} or vs='baseline'")
     values: dict[str, float] = {}
@@ -140,87 +147,35 @@ def _confidence(name: str, value: Any, given: dict[str, Any]) -> float:
     return float(value)
 
 
-def _pct(measured: float, limit: float) -> str:
-    return f"{100.0 * (measured - limit) / limit:+.1f}%" if limit else ""
-
-
-PHASES = ("resident", "generate")
-
-
-def _vram_figure(m: Measurements, phase: str) -> tuple[float | None, str]:
-    """The figure a VRAM budget reads, and what to call it: resident (or the CPU footprint) by default;
-    the allocator peak over the timed decode with phase="generate" (the footprint on CPU)."""
-    if m.vram is None:
-        return None, "VRAM"
-    if phase == "generate" and m.vram.generate_peak_bytes is not None:
-        return m.vram.generate_peak_bytes, "peak while generating"
-    return m.vram.resident_bytes, "resident" if m.vram.load_peak_bytes is not None else "footprint"
-
-
-def check_vram(m: Measurements, limits: Limits) -> list[Violation]:
-    out = []
-    phase = limits.options.get("phase", "resident")
-    peak, what = _vram_figure(m, phase)
-    budget = limits.values.get("budget")
-    if budget is not None and peak > budget:
-        out.append(Violation("vram_budget", f"VRAM budget {format_bytes(budget)} exceeded: {what} {format_bytes(peak)} "
-                             f"({_pct(peak, budget)}) {m.where}", peak, budget, "bytes"))
-    ratio = limits.values.get("ratio")
-    if ratio is not None:
-        ref, _ = _vram_figure(m.reference, phase)
-        measured = peak / ref
-        if measured > ratio:
-            out.append(Violation("vram_budget", f"VRAM ratio {measured:.3f} of reference exceeds {ratio:.3f}: {what} "
-                                 f"{format_bytes(peak)} vs reference {format_bytes(ref)} {m.where}", measured, ratio, "ratio"))
-    return out
-
-
-def check_tokens_per_second(m: Measurements, limits: Limits) -> list[Violation]:
-    out = []
-    batch = limits.options.get("batch")
-    t = m.throughput_at(batch)
-    tps = t.decode_tokens_per_s
-    at = f" at batch {t.batch_size}" if t.batch_size != 1 else ""
-    floor = limits.values.get("min")
-    if floor is not None and tps < floor:
-        out.append(Violation("tokens_per_second", f"decode {tps:.1f} tok/s{at} below floor {floor:g} tok/s "
-                             f"({_pct(tps, floor)}, {t.decode_mode}) {m.where}", tps, floor, "tokens/s"))
-    ratio = limits.values.get("min_ratio")
-    if ratio is not None:
-        ref = m.reference.throughput_at(batch).decode_tokens_per_s
-        measured = tps / ref
-        if measured < ratio:
-            out.append(Violation("tokens_per_second", f"decode {tps:.1f} tok/s{at} is {measured:.3f} x reference "
-                                 f"{ref:.1f} tok/s, below min_ratio {ratio:g} {m.where}", measured, ratio, "ratio"))
-    return out
-
-
 MARKERS: dict[str, MarkerSpec] = {
     spec.name: spec
     for spec in (
         MarkerSpec("vram_budget", ("budget", "ratio"), frozenset({"vram"}), check_vram, positional="budget",
-                   help='vram_budget("6 GiB") or vram_budget(ratio=0.5): GPU memory the loaded model holds (CPU: its '
-                        "footprint) at most the budget, or at most ratio x the reference's; phase=\"generate\": the peak "
-                        "over the timed decode instead; vs=\"baseline\" (tolerance=...) compares with the stored baseline", ratio_keywords=frozenset({"ratio"})),
+                   meaning='GPU memory the loaded model holds (CPU: its footprint) at most budget ("6 GiB"), or at '
+                           "most ratio x the reference's; phase=\"generate\": the peak over the timed decode instead",
+                   ratio_keywords=frozenset({"ratio"}), options=("phase",)),
         MarkerSpec("tokens_per_second", ("min", "min_ratio"), frozenset({"throughput"}), check_tokens_per_second,
-                   help="tokens_per_second(min=..., min_ratio=...): decode tokens/s at least min, or at least "
-                        "min_ratio x the reference measured in the same session; vs=\"baseline\" (tolerance=...) compares with the stored baseline", ratio_keywords=frozenset({"min_ratio"})),
+                   meaning="decode tokens/s at least min, or at least min_ratio x the reference measured in the same "
+                           "session and decode mode; batch=N times N sequences decoded together",
+                   ratio_keywords=frozenset({"min_ratio"}), options=("batch",)),
         MarkerSpec("perplexity_delta", ("max", "max_rel"), frozenset({"quality"}), check_perplexity,
-                   help="perplexity_delta(max=..., max_rel=..., confidence=...): perplexity at most max above the "
-                        "reference's (max_rel: as a fraction of it); confidence=0.95: its one-sided upper bound must be "
-                        "too; vs=\"baseline\" (tolerance=...) compares with the stored baseline", ratio_keywords=frozenset({"max", "max_rel"})),
-        MarkerSpec("kl_divergence", ("max_mean", "max_p99", "max_p999", "max_rms_delta_p", "min_top1"), frozenset({"quality"}),
-                   check_kl, help="kl_divergence(max_mean=..., max_p99=..., max_p999=..., max_rms_delta_p=..., min_top1=..., "
-                        "confidence=...): KL(reference || quantized) in nats per token, RMS of the correct token's "
-                        "probability change in points, top-1 agreement in percent; confidence=0.95: the one-sided bound "
-                        "of the mean, RMS and top-1 (Wilson) must pass too; vs=\"baseline\" (tolerance=...) compares "
-                        "with the stored baseline", ratio_keywords=frozenset({"max_mean", "max_p99", "max_p999",
-                                                                               "max_rms_delta_p", "min_top1"})),
+                   meaning="perplexity at most max above the reference's (max_rel: as a fraction of it); "
+                           "confidence=0.95: its one-sided upper bound must be too",
+                   ratio_keywords=frozenset({"max", "max_rel"}), options=("confidence",)),
+        MarkerSpec("kl_divergence", ("max_mean", "max_p99", "max_p999", "max_rms_delta_p", "min_top1"),
+                   frozenset({"quality"}), check_kl,
+                   meaning="KL(reference || quantized) in nats per token, RMS of the correct token's probability "
+                           "change in points, top-1 agreement in percent; confidence=0.95: the one-sided bound of the "
+                           "mean, RMS and top-1 (Wilson) must pass too",
+                   ratio_keywords=frozenset({"max_mean", "max_p99", "max_p999", "max_rms_delta_p", "min_top1"}),
+                   options=("confidence",)),
         MarkerSpec("generation_agreement", ("min_exact_percent", "min_prefix_tokens"), frozenset({"generation:32"}),
-                   check_generation, help="generation_agreement(min_exact_percent=..., min_prefix_tokens=..., tokens=32):"
-                        " greedy generations on the session's prompts (--quant-prompts) against the reference's: the "
-                        "percent whose first tokens are all equal, the mean tokens before the first divergence",
-                   ratio_keywords=frozenset({"min_exact_percent", "min_prefix_tokens"})),
+                   check_generation,
+                   meaning="greedy generations of tokens= tokens (default 32) on the session's prompts "
+                           "(--quant-prompts) against the reference's: the percent whose first tokens are all equal, "
+                           "the mean tokens before the first divergence",
+                   ratio_keywords=frozenset({"min_exact_percent", "min_prefix_tokens"}), options=("tokens",),
+                   baseline=False),
     )
 }
 

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from .measure.stats import lower_bound, tokens_to_decide, upper_bound
+from ..measure.stats import lower_bound, tokens_to_decide, upper_bound
 
 
 @dataclass(frozen=True)

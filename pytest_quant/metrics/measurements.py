@@ -1,0 +1,73 @@
+"""What is known of a model x recipe: every figure measured so far, and its reference's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """Everything measured of one model x recipe so far, and of its model's unquantized reference.
+
+    ``vram``, ``throughput`` and ``quality`` are the frozen results of ``pytest_quant.measure``
+    (None until measured); ``reference`` is the reference's own Measurements (None for the reference
+    itself and for a pre-quantized checkpoint, which has none).
+    """
+
+    model: str
+    recipe: str
+    device: str
+    hardware: str = ""
+    kernel: str = ""
+    dtype: str = ""
+    cache: str = ""  # "hit", "miss", "rebuilt" or "" where nothing is cached
+    load_s: float | None = None
+    quantize_s: float | None = None
+    timing_s: float | None = None  # wall time of the throughput measurement, warm-up included
+    vram: Any = None  # measure.vram.VramMeasurement
+    throughput: Any = None  # measure.throughput.ThroughputMeasurement
+    quality: Any = None  # measure.quality.QualityMeasurement
+    roofline_fraction: float | None = None  # decode tokens/s over the memory-bandwidth bound (GPU)
+    other_batches: tuple = ()  # ThroughputMeasurements at batch sizes other than the session's default
+    # measure.stats.QualityStats from the evaluation's per-token scores, against the reference (the reference's
+    # own: against itself); None without a reference (a pre-quantized checkpoint)
+    stats: Any = None
+    generations: tuple = ()  # measure.generation.GenerationAgreement, one per number of tokens compared
+    reference: "Measurements | None" = None
+    is_reference: bool = False  # the unquantized model itself: limits relative to it do not apply
+
+    def throughput_at(self, batch: int | None):
+        """The throughput measured at ``batch`` sequences (None: the session's default batch)."""
+        if batch is None or (self.throughput is not None and self.throughput.batch_size == batch):
+            return self.throughput
+        return next((t for t in self.other_batches if t.batch_size == batch), None)
+
+    def generation_at(self, tokens: int | None):
+        """The generation agreement over ``tokens`` generated tokens (None: the first measured)."""
+        return next((g for g in self.generations if tokens is None or g.tokens_compared == tokens), None)
+
+    @property
+    def generation(self):
+        return self.generation_at(None)
+
+    def has(self, need: str) -> bool:
+        """Whether a need ("quality", "vram", "throughput", "throughput:N", "generation:N") is measured."""
+        name, _, number = need.partition(":")
+        if name == "throughput":
+            return self.throughput_at(int(number) if number else None) is not None
+        if name == "generation":
+            return self.generation_at(int(number) if number else None) is not None
+        return getattr(self, name) is not None
+
+    @property
+    def decode_mode(self) -> str | None:
+        return None if self.throughput is None else self.throughput.decode_mode
+
+    @property
+    def pair(self) -> str:
+        return f"{self.model}-{self.recipe}"
+
+    @property
+    def where(self) -> str:
+        return f"[{self.model}, {self.recipe}, {self.device}]"

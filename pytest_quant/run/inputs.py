@@ -1,0 +1,83 @@
+"""What every model of a session is measured on, prepared once: the eval text's windows per model (its
+tokenizer) and the generation prompts."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+from ..models import ModelSource
+
+FEW_TOKENS_DIVISOR = 2  # fewer than half the tokens asked for: warn (fail under --quant-strict)
+NOISY_BELOW_TOKENS = 2048  # below this many scored tokens, perplexity and KL are mostly noise
+
+
+def few_tokens_note(scored: int, asked: int, text: Path) -> str | None:
+    """A warning when far fewer tokens are scored than --quant-eval-tokens asks for (a short eval text)."""
+    if scored * FEW_TOKENS_DIVISOR >= asked:
+        return None
+    note = (f"pytest-quant: only {scored} tokens of {text} scored, of the {asked} asked for (--quant-eval-tokens): "
+            "the whole text was scored")
+    if scored < NOISY_BELOW_TOKENS:
+        return note + "; perplexity and KL over so few tokens are mostly noise: give a longer --quant-eval-text"
+    return note + f"; ask for at most {scored} tokens or give a longer --quant-eval-text"
+
+
+class Inputs:
+    """The eval windows (tokenized once per model) and the prompts (read once)."""
+
+    def __init__(self, eval_text: Path, eval_tokens: int, prompts_path: Path | None, strict: bool):
+        from ..measure.quality import EvalSpec
+
+        self.spec = EvalSpec(text_path=eval_text, max_tokens=eval_tokens)  # its batch_windows: the eval batch
+        self._asked = eval_tokens
+        self._prompts_path = prompts_path
+        self._strict = strict
+        self._windows: dict[str, object] = {}
+        self._prompts = None
+
+    @property
+    def batch_windows(self) -> int:
+        return self.spec.batch_windows
+
+    def windows(self, model: ModelSource, tokenizer=None):
+        """The eval text's windows for this model's tokenizer, tokenized once per session."""
+        from ..measure.quality import prepare
+
+        if model.name not in self._windows:
+            if tokenizer is None:
+                from ..backends.common import load_tokenizer
+
+                tokenizer = load_tokenizer(model.path)
+            try:
+                windows, problem = prepare(tokenizer, self.spec, max_positions=_max_positions(model)), None
+            except ValueError as exc:  # too few tokens: the file and the count, without a traceback
+                windows, problem = None, f"--quant-eval-text: {exc}"
+            if problem:
+                pytest.fail(problem, pytrace=False)  # outside the except: no "During handling ..." above it
+            few = few_tokens_note(windows.tokens_scored, self._asked, self.spec.text_path)
+            if few and self._strict:
+                pytest.fail(f"{few} (--quant-strict)", pytrace=False)
+            if few:
+                warnings.warn(pytest.PytestWarning(few))
+            self._windows[model.name] = windows
+        return self._windows[model.name]
+
+    def prompts(self):
+        """The generation prompts: --quant-prompts, else openings of the embedded held-out text."""
+        from ..prompts import default_prompts, read_prompts
+
+        if self._prompts is None:
+            path = self._prompts_path
+            self._prompts = read_prompts(path) if path is not None else default_prompts()
+        return self._prompts
+
+
+def _max_positions(model: ModelSource) -> int | None:
+    """The model's max_position_embeddings from its config.json (caps the eval context), without loading it."""
+    from ..backends.checkpoint import read_config
+
+    value = read_config(model.path).get("max_position_embeddings")
+    return int(value) if value else None

@@ -1,0 +1,39 @@
+"""The one writer of ``Measurements``: what is known of each model x recipe, written only here."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..metrics import Measurements
+from .pairs import Pair, Pairing
+
+
+class Ledger:
+    """Figures by pair. ``record`` adds figures (measured now or restored from a cache); ``known`` reads a pair's
+    figures with its reference's beside them."""
+
+    def __init__(self, pairing: Pairing, device_label):
+        self._pairing = pairing
+        self._device_label = device_label  # a callable: the placement is known only once CUDA is asked
+        self._known: dict[str, Measurements] = {}
+
+    def _blank(self, pair: Pair) -> Measurements:
+        return Measurements(pair.model.name, pair.recipe.name, self._device_label(),
+                            is_reference=pair.recipe.is_reference)
+
+    def record(self, pair: Pair, **figures) -> Measurements:
+        updated = dataclasses.replace(self._known.get(pair.id) or self._blank(pair), **figures)
+        self._known[pair.id] = updated
+        return updated
+
+    def own(self, pair: Pair) -> Measurements:
+        """The pair's own figures, without its reference's."""
+        return self._known.get(pair.id) or self._blank(pair)
+
+    def known(self, pair: Pair) -> Measurements:
+        """What is measured of ``pair`` so far, with its reference's figures beside."""
+        m = self.own(pair)
+        ref = None if pair.recipe.is_reference else self._pairing.reference_of(pair.model)
+        if ref is not None and ref.id in self._known:
+            m = dataclasses.replace(m, reference=self._known[ref.id])
+        return m

@@ -1,0 +1,175 @@
+"""What a test needs, measured on the live model through ``measure/*``, and written to the ledger.
+
+Needs are "quality", "vram", "throughput" (the session's decode batch), "throughput:N" (another batch) and
+"generation:N" (greedy generations of N tokens against the reference's). The reference's kept predictions and
+generations are returned to the caller (``references``), never stored here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pytest
+
+from ..hardware import device_kind
+from .inputs import Inputs
+from .ledger import Ledger
+from .live import LiveModel
+
+NEEDS = ("quality", "vram", "throughput")  # what a report or the quant_reference fixture shows of every pair
+PROMPT_TOKENS = 128
+# Decode steps, timed repeats and untimed warm-up runs per device kind.
+THROUGHPUT = {"cuda": dict(decode_tokens=128, repeats=5, warmup_runs=3), "cpu": dict(decode_tokens=32, repeats=3, warmup_runs=1)}
+
+
+@dataclass
+class ReferenceData:
+    """What a variant is compared with: the reference's kept predictions over the eval windows (KL) and its
+    greedy generations by number of tokens (generation agreement)."""
+
+    kept: Any = None
+    generations: dict[int, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    decode_batch: int
+    sharded: bool
+    reference_top_k: int | str
+
+
+class Measurer:
+    def __init__(self, ledger: Ledger, inputs: Inputs, settings: MeasureSettings, progress: Callable[[str], None]):
+        self._ledger = ledger
+        self._inputs = inputs
+        self._settings = settings
+        self._progress = progress
+
+    def measure(self, live: LiveModel, needs: frozenset[str], reference: ReferenceData | None) -> ReferenceData:
+        """Measure what is asked and not yet known: quality, then decode speed, then generations, then memory,
+        read last so that it holds the peaks of the phases that ran (the evaluation's is reported, never
+        budgeted). ``reference``: what the reference left to compare with (None for the reference itself and a
+        pre-quantized checkpoint). Returns what this model leaves for others to compare with (its kept
+        predictions and generations, when it is a reference)."""
+        pair = live.pair
+        if live.model is None:
+            raise RuntimeError(f"pytest-quant: {pair.id} was released; measure it while the quant_model fixture is live")
+        left = ReferenceData()
+        before = self._ledger.own(pair)
+        if "quality" in needs and before.quality is None:
+            with live.tracker.phase("evaluate"):
+                left.kept = self._quality(live, reference)
+        for need in sorted(needs):
+            if need == "throughput" or need.startswith("throughput:"):
+                batch = int(need.partition(":")[2] or self._settings.decode_batch)
+                if self._ledger.own(pair).throughput_at(batch) is None:
+                    with live.tracker.phase("generate"):
+                        self._throughput(live, batch)
+            elif need.startswith("generation:") and not self._ledger.own(pair).has(need):
+                tokens = int(need.partition(":")[2])
+                generated = self._generation(live, tokens, reference)
+                if generated is not None:
+                    left.generations[tokens] = generated
+        after = self._ledger.own(pair)
+        if ("vram" in needs and after.vram is None) or (after.vram is not None and after != before):
+            self._ledger.record(pair, vram=live.tracker.read(live.model))
+        return left
+
+    def _throughput(self, live: LiveModel, batch: int) -> None:
+        from ..measure.roofline import memory_bandwidth_bytes_per_s, roofline_fraction
+        from ..measure.throughput import measure_throughput
+
+        prompt = list(self._inputs.windows(live.pair.model, live.tokenizer).windows[0].input_ids[:PROMPT_TOKENS])
+        settings = THROUGHPUT[device_kind(live.device)]
+        self._progress(f"{live.pair.id}: timing prefill and {settings['decode_tokens']} decode steps at batch {batch} "
+                       f"({settings['warmup_runs']} warm-up + {settings['repeats']} timed runs)")
+        start = time.perf_counter()
+        # a model spread over GPUs decodes eagerly: accelerate's hooks move tensors between devices on the host
+        mode = "eager" if self._settings.sharded else "auto"
+        throughput = measure_throughput(live.model, prompt, batch_size=batch, mode=mode, **settings)
+        timing_s = time.perf_counter() - start
+        if throughput.fallback_reason:
+            self._progress(f"{live.pair.id}: decode timed eagerly: {throughput.fallback_reason}")
+        if batch != self._settings.decode_batch:
+            known = self._ledger.own(live.pair)
+            self._ledger.record(live.pair, other_batches=known.other_batches + (throughput,))
+            return
+        fraction = None if self._settings.sharded else roofline_fraction(  # one GPU's bound: not a spread model's
+            throughput.decode_tokens_per_s_per_sequence, int(live.model.get_memory_footprint()),
+            memory_bandwidth_bytes_per_s(live.device))
+        self._ledger.record(live.pair, throughput=throughput, timing_s=timing_s, roofline_fraction=fraction)
+
+    def _quality(self, live: LiveModel, reference: ReferenceData | None):
+        """Perplexity, KL against the reference's kept predictions, and llama.cpp's statistics; the kept
+        predictions when ``live`` is the reference."""
+        from ..measure.quality import evaluate
+
+        pair = live.pair
+        windows = self._inputs.windows(pair.model, live.tokenizer)
+        self._progress(f"{pair.id}: evaluating {windows.tokens_scored} tokens in {len(windows.windows)} windows")
+        batch = self._inputs.batch_windows
+        if pair.recipe.is_reference:
+            quality, kept, scores = evaluate(live.model, windows, batch,
+                                             keep_reference_top_k=self._settings.reference_top_k)
+        else:
+            quality, kept, scores = evaluate(live.model, windows, batch,
+                                             reference=None if reference is None else reference.kept)
+        _check_finite(pair.id, scores.logprob_target, windows.tokens_scored)
+        stats = _stats(scores, pair.recipe.is_reference)
+        if pair.recipe.is_reference:
+            # against itself: zero divergence and full agreement, by definition (the statistics say the same)
+            quality = dataclasses.replace(quality, mean_kl_nats=0.0, p99_kl_nats=0.0, top1_agreement_percent=100.0)
+        self._ledger.record(pair, quality=quality, stats=stats)  # only the statistics, never per-token arrays
+        kl = f", mean KL {quality.mean_kl_nats:.5f} nats" if quality.mean_kl_nats is not None else ""
+        self._progress(f"{pair.id}: perplexity {quality.perplexity:.3f}{kl} ({quality.seconds:.1f} s)")
+        return kept
+
+    def _generation(self, live: LiveModel, tokens: int, reference: ReferenceData | None):
+        """Greedy generations on the session's prompts, compared with the reference's; the generations when
+        ``live`` is the reference."""
+        from ..measure.generation import agreement, greedy_generate
+        from ..prompts import render
+
+        pair = live.pair
+        if not pair.recipe.is_reference and reference is None:
+            return None  # a pre-quantized checkpoint: no reference to agree with
+        prompts = self._inputs.prompts()
+        self._progress(f"{pair.id}: generating {tokens} tokens greedily from {len(prompts)} prompts")
+        generated = greedy_generate(live.model, live.tokenizer, [render(p, live.tokenizer) for p in prompts], tokens)
+        expected = generated if pair.recipe.is_reference else reference.generations.get(tokens)
+        if expected is None:
+            raise RuntimeError(f"pytest-quant: the reference of {pair.model.name} generated no {tokens} tokens this "
+                               "session; a generation_agreement marker added after collection cannot be compared")
+        found = agreement(expected, generated, tokens, prompts=[p.display for p in prompts], tokenizer=live.tokenizer)
+        self._ledger.record(pair, generations=self._ledger.own(pair).generations + (found,))
+        self._progress(f"{pair.id}: {found.exact_match_percent:.1f}% of generations equal the reference's, "
+                       f"{found.mean_prefix_tokens:.1f} tokens before the first divergence ({found.seconds:.1f} s)")
+        return generated if pair.recipe.is_reference else None
+
+
+def _check_finite(pair_id: str, logprobs, tokens: int) -> None:
+    """A model whose log-probabilities hold NaN or Inf fails its test with one line saying where, before any
+    statistic (or baseline) is made of them."""
+    values = logprobs.tolist() if hasattr(logprobs, "tolist") else list(logprobs)
+    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+    if bad:
+        pytest.fail(f"pytest-quant: {pair_id}: the model's log-probabilities are not finite (NaN or Inf) at {len(bad)} "
+                    f"of {tokens} scored tokens, the first at token {bad[0]}: its weights or its kernels produce "
+                    "non-finite logits; nothing is gated or recorded from them", pytrace=False)
+
+
+def _stats(scores, is_reference: bool):
+    """llama.cpp's statistics from the per-token scores; the reference's against itself (its own perplexity
+    with its SE); None without a reference (a pre-quantized checkpoint)."""
+    from ..measure.stats import quality_stats
+
+    if is_reference:
+        n = len(scores.logprob_target)
+        return quality_stats(scores.logprob_target, scores.logprob_target, [0.0] * n, [True] * n)
+    if scores.reference_logprob_target is None:
+        return None
+    return quality_stats(scores.logprob_target, scores.reference_logprob_target, scores.kl_nats, scores.top1_match)

@@ -1,0 +1,204 @@
+"""The unquantized references: each model's measured once per session, before any variant of it opens, and
+cached on disk so that a later run whose tests need only its quality figures (or its resident memory) does
+not load it again.
+
+What to measure of a reference is decided once, after collection, from every collected test's markers
+(``plan``). Its predictions over the eval windows are kept in the compact form of ``measure.reference`` for
+every recipe's KL divergence, and its greedy generations for generation agreement: both are owned here.
+
+A cached entry is used only when it is consistent with this run's inputs (its key: content hashes of the
+weights, the eval windows, versions, hardware) and with itself: its quality figures are derived again from the
+per-token log-probabilities stored beside them and must agree, else it is measured again, with a line saying why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+from ..metrics import Measurements
+from ..models import ModelSource
+from .inputs import Inputs
+from .ledger import Ledger
+from .live import Live, LiveModel, Placement
+from .measurer import Measurer, ReferenceData
+from .pairs import Pairing
+
+# Always measured: its predictions serve every recipe's KL, and its memory costs nothing more.
+ALWAYS = frozenset({"quality", "vram"})
+# What a cached reference can stand in for without loading the model.
+CACHEABLE = frozenset({"quality", "vram"})
+CACHE_SUBDIR = "references"
+KEY_LIBRARIES = ("torch", "transformers", "accelerate")
+CONSISTENT_REL = 1e-6  # stored figures against the same figures derived from the stored log-probabilities
+
+
+class References:
+    def __init__(self, pairing: Pairing, ledger: Ledger, live: Live, measurer: Measurer, inputs: Inputs,
+                 placement: Placement, cache_dir: Path, top_k: int | str, progress: Callable[[str], None]):
+        self._pairing = pairing
+        self._ledger = ledger
+        self._live = live
+        self._measurer = measurer
+        self._inputs = inputs
+        self._placement = placement
+        self._cache_dir = cache_dir
+        self._top_k = top_k
+        self._progress = progress
+        self.needs = ALWAYS
+        self._data: dict[str, ReferenceData] = {}
+
+    def plan(self, needs: frozenset[str]) -> None:
+        """What every reference must have measured: set once, after collection."""
+        self.needs = ALWAYS | needs
+
+    def data(self, model: ModelSource) -> ReferenceData | None:
+        """What a variant of ``model`` is compared with; None for a model without a reference."""
+        return self._data.get(model.name)
+
+    def _measured(self, model: ModelSource) -> bool:
+        m = self._ledger.own(self._pairing.reference_of(model))
+        return self.data(model) is not None and self.data(model).kept is not None \
+            and all(m.has(need) for need in self.needs)
+
+    def ensure(self, model: ModelSource) -> Measurements:
+        """The reference's measurements: from this session, else from the disk cache when that holds all that
+        is needed, else loaded and measured now (or measured in place when it is the live model)."""
+        pair = self._pairing.reference_of(model)
+        if pair is None:
+            raise LookupError(f"{model.name} is a pre-quantized checkpoint: it has no unquantized reference")
+        if not self._measured(model) and not (self.needs <= CACHEABLE and self._restore(model)):
+            current = self._live.current
+            if current is not None and current.pair == pair:
+                self.measure_live(current)
+            else:
+                live = self._live.open(pair)
+                try:
+                    self.measure_live(live)
+                finally:
+                    self._live.close(live)
+        return self._ledger.known(pair)
+
+    def measure_live(self, live: LiveModel, needs: frozenset[str] = frozenset()) -> None:
+        """Measure the live reference for what the session needs (and ``needs``), keep what it leaves, and cache
+        it when its predictions were made now."""
+        model = live.pair.model
+        left = self._measurer.measure(live, self.needs | needs, None)
+        data = self._data.setdefault(model.name, ReferenceData())
+        data.generations.update(left.generations)
+        if left.kept is not None:
+            data.kept = left.kept
+            self._save(model)
+
+    # -- the disk cache ------------------------------------------------------------------------------
+    def _path(self, model: ModelSource) -> tuple[Path, str]:
+        from ..backends.common import default_dtype
+        from ..hardware import library_versions, placement_key
+        from ..qcache import model_fingerprint
+
+        root = self._cache_dir / CACHE_SUBDIR
+        windows = self._inputs.windows(model)
+        digest = hashlib.sha256()
+        for window in windows.windows:
+            digest.update(json.dumps([window.input_ids, window.target_ids]).encode())
+        inputs = {
+            "model": model_fingerprint(model.path, root),
+            "windows": digest.hexdigest(),
+            "eval_batch_windows": self._inputs.batch_windows,
+            "dtype": str(default_dtype(model.path, self._placement.device)),
+            # the GPU kind, not just "cuda": the cached figures include its VRAM, and workers of one host may
+            # have different GPUs (a model spread over GPUs: all of them)
+            "hardware": placement_key(self._placement.devices),
+            "top_k": str(self._top_k),
+            "versions": library_versions(KEY_LIBRARIES),
+        }
+        key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
+        return root / f"{model.name}-{key}.safetensors", key
+
+    def _save(self, model: ModelSource) -> None:
+        """Write the reference's kept predictions and figures to the cache (a failure to write is not fatal)."""
+        from ..measure.reference import save_reference
+
+        m = self._ledger.own(self._pairing.reference_of(model))
+        data = self.data(model)
+        if data is None or data.kept is None or m.quality is None or m.vram is None:
+            return
+        path, key = self._path(model)
+        figures = {"quality": dataclasses.asdict(m.quality), "vram": dataclasses.asdict(m.vram),
+                   "kernel": m.kernel, "dtype": m.dtype, "hardware": m.hardware}
+        if m.stats is not None:  # its own perplexity's standard error, among others
+            figures["stats"] = dataclasses.asdict(m.stats)
+        try:
+            save_reference(path, data.kept, key, {"figures": json.dumps(figures)})
+        except OSError as exc:
+            self._progress(f"{model.name}: could not cache the reference in {path}: {exc}")
+
+    def _restore(self, model: ModelSource) -> bool:
+        from ..measure.quality import QualityMeasurement
+        from ..measure.reference import load_reference
+        from ..measure.stats import QualityStats
+        from ..measure.vram import VramMeasurement
+
+        path, key = self._path(model)
+        found = load_reference(path, key)
+        if found is None:
+            if path.exists():
+                self._progress(f"{model.name}: the cached reference {path.name} cannot be read (truncated, or "
+                               "another format): measuring it again")
+            return False
+        kept, metadata = found
+        try:
+            figures = json.loads(metadata["figures"])
+            quality = QualityMeasurement(**figures["quality"])
+            vram = VramMeasurement(**figures["vram"])
+            stats = QualityStats(**figures["stats"]) if "stats" in figures else None
+        except (KeyError, TypeError, ValueError) as exc:
+            self._progress(f"{model.name}: the cached reference {path.name} has unreadable figures ({exc}): "
+                           "measuring it again")
+            return False
+        problem = inconsistency(kept, quality, stats, self._inputs.windows(model).tokens_scored)
+        if problem:
+            self._progress(f"{model.name}: the cached reference {path.name} is not consistent with itself ({problem}): "
+                           "measuring it again")
+            return False
+        self._data.setdefault(model.name, ReferenceData()).kept = kept
+        self._ledger.record(self._pairing.reference_of(model), quality=quality, vram=vram, stats=stats,
+                            kernel=figures.get("kernel", ""), dtype=figures.get("dtype", ""),
+                            hardware=figures.get("hardware", ""), cache="hit")
+        self._progress(f"{model.name}: reference figures from the cache ({path.name}); not loaded")
+        return True
+
+
+def inconsistency(kept, quality, stats, tokens_scored: int) -> str | None:
+    """Why a cached reference's stored figures cannot be what its stored log-probabilities give (None: they
+    agree). The figures a gate reads of the reference (perplexity, its SE, the scored tokens) are derived again
+    from the per-token log-probabilities; memory figures have no data beside them and are as trusted as the cache."""
+    from ..measure.stats import quality_stats
+
+    if kept.tokens_scored != tokens_scored or quality.tokens_scored != tokens_scored:
+        return (f"{kept.tokens_scored} kept tokens and {quality.tokens_scored} in its figures, this run scores "
+                f"{tokens_scored}")
+    logprobs = kept.logprob_target.double()
+    if not bool(logprobs.isfinite().all()) or bool((logprobs > 0).any()):
+        return "its log-probabilities are not all finite and <= 0"
+    n = len(logprobs)
+    derived = quality_stats(logprobs, logprobs, [0.0] * n, [True] * n)
+    checks = [("perplexity", quality.perplexity, derived.perplexity),
+              ("nll_nats_per_token", quality.nll_nats_per_token, derived.nll_nats_per_token)]
+    if stats is not None:
+        checks += [(f"stats.{f.name}", getattr(stats, f.name), getattr(derived, f.name))
+                   for f in dataclasses.fields(stats) if isinstance(getattr(derived, f.name), float)]
+    for name, stored, expected in checks:
+        if not isinstance(stored, (int, float)) or not _close(float(stored), expected):
+            return f"{name} {stored!r} stored, {expected!r} from its log-probabilities"
+    return None
+
+
+def _close(a: float, b: float) -> bool:
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return abs(a - b) <= CONSISTENT_REL * max(abs(a), abs(b), 1e-12)

@@ -1,0 +1,78 @@
+"""The plugin's one object: it wires the pairs, the ledger, the live model, the measurer and the references
+together, and is what the hooks and fixtures talk to. It decides nothing itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..backends import Registry
+from ..metrics import Measurements
+from ..options import QuantOptions
+from ..recipes import Recipe, runs_on
+from .inputs import Inputs
+from .ledger import Ledger
+from .live import Live, Placement
+from .measurer import MeasureSettings, Measurer
+from .pairs import Pair, Pairing
+from .quant_model import QuantModel
+from .references import References
+
+
+class QuantSession:
+    def __init__(self, options: QuantOptions, recipes: list[Recipe], registry: Registry,
+                 progress: Callable[[str], None] = lambda message: None):
+        self.options = options
+        self.recipes = recipes
+        self.registry = registry
+        self.progress = progress
+        self.pairing = Pairing(options.models, recipes)
+        self.placement = Placement(options.device, options.sharded)
+        self.ledger = Ledger(self.pairing, lambda: self.placement.label)
+        self.inputs = Inputs(options.eval_text, options.eval_tokens, options.prompts, options.strict)
+        cache_dir = Path(options.cache_dir)
+        self.live = Live(registry, self.placement, cache_dir, options.device_map, self.ledger, progress)
+        self.measurer = Measurer(self.ledger, self.inputs, MeasureSettings(options.decode_batch, options.sharded,
+                                                                           options.reference_top_k), progress)
+        self.references = References(self.pairing, self.ledger, self.live, self.measurer, self.inputs,
+                                     self.placement, cache_dir, options.reference_top_k, progress)
+
+    @property
+    def pairs(self) -> list[Pair]:
+        return self.pairing.pairs
+
+    def unavailable_reason(self, pair: Pair) -> str | None:
+        backend = self.registry[pair.recipe.backend]
+        missing = backend.missing(pair.model.path)
+        if missing:
+            return f"recipe {pair.recipe.name}: {', '.join(missing)} not installed; install it with: {backend.install_hint}"
+        if not runs_on(pair.recipe, self.registry, self.options.device):
+            kinds = ", ".join(sorted(pair.recipe.devices or backend.devices))
+            return f"recipe {pair.recipe.name} runs on {kinds}, not on {self.options.device}"
+        return None
+
+    def open(self, pair: Pair) -> QuantModel:
+        """The pair's model, loaded after its reference is measured (so that no two models are live at once)."""
+        if not pair.recipe.is_reference and self.pairing.reference_of(pair.model) is not None:
+            self.references.ensure(pair.model)
+        live = self.live.open(pair)
+        if pair.recipe.is_reference:
+            try:
+                self.references.measure_live(live)
+            except BaseException:
+                self.live.close(live)  # a failed measurement must not keep the model on the device
+                raise
+        return QuantModel(live, lambda needs: self.measure(pair, needs), lambda: self.ledger.known(pair))
+
+    def measure(self, pair: Pair, needs: frozenset[str]) -> Measurements:
+        live = self.live.current
+        if live is None or live.pair != pair:
+            raise RuntimeError(f"pytest-quant: {pair.id} was released; measure it while the quant_model fixture is live")
+        if pair.recipe.is_reference:
+            self.references.measure_live(live, needs)  # what the reference generates is kept for its variants
+        else:
+            self.measurer.measure(live, needs, self.references.data(pair.model))
+        return self.ledger.known(pair)
+
+    def close(self, qm: QuantModel) -> None:
+        self.live.close(qm.live)
