@@ -1,125 +1,47 @@
-"""The plugin's middle: third-party backends through the hook, gates as their own report phase, metrics kept
-when a test body fails, the reference fixture, and a package without import cycles."""
+"""The package's shape: no import cycle and no import that runs up the layers, at module level or inside a
+function; no module over 300 lines; the plugin imports no heavy library."""
 
 from __future__ import annotations
 
 import ast
-import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import pytest_quant
 
-TOY_CONFTEST = """
-from pytest_quant.backends import Backend, Loaded
+PACKAGE = Path(pytest_quant.__file__).parent
+# Bottom to top: a module imports only from its own layer or the layers below (function-level imports too).
+LAYERS = (
+    ("pytest_quant", "pytest_quant.units", "pytest_quant.atomic", "pytest_quant.hookspecs", "pytest_quant.calibration"),
+    ("pytest_quant.hardware", "pytest_quant.qcache"),
+    ("pytest_quant.measure",),
+    ("pytest_quant.models", "pytest_quant.prompts"),
+    ("pytest_quant.recipes",),
+    ("pytest_quant.backends",),
+    ("pytest_quant.options", "pytest_quant.cache_key", "pytest_quant.__main__"),
+    ("pytest_quant.metrics",),
+    ("pytest_quant.tolerances",),
+    ("pytest_quant.gates",),
+    ("pytest_quant.baselines", "pytest_quant.report"),
+    ("pytest_quant.run",),
+    ("pytest_quant.verdict", "pytest_quant.startup", "pytest_quant.workers"),
+    ("pytest_quant.plugin",),
+)
+MAX_LINES = 300
 
 
-def load_toy(request):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=torch.float32)
-    with torch.no_grad():  # a toy "quantization": weights rounded to bfloat16 and back
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.weight.copy_(module.weight.to(torch.bfloat16).float())
-    model.eval()
-    return Loaded(model, AutoTokenizer.from_pretrained(request.model_path), "float32", kernel="ToyLinear",
-                  notes={"note": request.recipe.get("note")})
-
-
-def pytest_quant_backends(config):
-    return [Backend("toy", load_toy, requires=("torch",), install_hint="pip install torch",
-                    fields=frozenset({"note"}))]
-"""
-
-TOY_PYPROJECT = """
-[tool.pytest-quant.recipes.toy-bf16]
-backend = "toy"
-note = "rounded"
-"""
-
-
-def test_a_conftest_registers_a_backend_through_the_hook(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest(TOY_CONFTEST)
-    pytester.makepyprojecttoml(TOY_PYPROJECT)
-    pytester.makepyfile("""
-import pytest
-
-@pytest.mark.perplexity_delta(max_rel=0.01)
-@pytest.mark.kl_divergence(max_mean=0.01, min_top1=95)
-def test_toy(quant_model):
-    assert quant_model.recipe.backend == "toy"
-""")
-    result = pytester.runpytest("--quant-recipes", "toy-bf16", "--quant-eval-tokens", "512", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*tiny*toy-bf16*cpu*ToyLinear*pass*"])
-
-
-def test_an_unknown_field_of_a_registered_backend_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest(TOY_CONFTEST)
-    pytester.makepyprojecttoml(TOY_PYPROJECT + 'colour = "red"\n')
-    pytester.makepyfile("def test_x(quant_model): pass")
-    result = pytester.runpytest("--collect-only")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*toy-bf16*unknown field(s) 'colour' for backend 'toy'*known fields: note*"])
-
-
-def test_a_violated_gate_has_its_own_status_and_section_and_a_failing_body_keeps_its_metrics(
-        pytester: pytest.Pytester) -> None:
-    pytester.makepyfile("""
-import pytest
-
-@pytest.mark.vram_budget("1 KiB")
-def test_over_budget(quant_model):
-    pass
-
-@pytest.mark.vram_budget("1 GiB")
-def test_body_fails(quant_model):
-    raise AssertionError("the test's own assertion")
-""")
-    report = pytester.path / "r.json"
-    result = pytester.runpytest("--quant-recipes", "reference", "--quant-eval-tokens", "512", "-p", "no:cacheprovider",
-                                "-v", f"--junitxml={pytester.path / 'junit.xml'}", "--quant-report", str(report))
-    result.assert_outcomes(failed=2)
-    result.stdout.fnmatch_lines([
-        "*test_over_budget*QUANT GATE*",
-        "*test_body_fails*FAILED*",
-        "*pytest-quant gate violations*",
-        "*test_over_budget*",
-        "*VRAM budget 1.00 KiB exceeded: footprint*[tiny, reference, cpu]*",
-    ])
-    junit = (pytester.path / "junit.xml").read_text()
-    assert junit.count('name="quant.vram_resident_bytes"') == 2  # both tests recorded the figure
-    row = json.loads(report.read_text())["results"][0]
-    assert row["recipe"] == "reference" and row["result"] == "fail"
-
-
-def test_quant_reference_of_a_prequantized_checkpoint_is_a_clear_error(pytester: pytest.Pytester, tmp_path) -> None:
-    pytest.importorskip("bitsandbytes")
-    from pytest_quant.backends import LoadRequest, load
-    from pytest_quant.models import TINY_DIR
-    from pytest_quant.recipes import BUILTIN_RECIPES
-
-    loaded = load(LoadRequest(TINY_DIR, BUILTIN_RECIPES["bnb-nf4"], "cpu"))
-    loaded.model.save_pretrained(tmp_path / "nf4")
-    loaded.tokenizer.save_pretrained(tmp_path / "nf4")
-    pytester.makepyfile("def test_ref(quant_reference):\n    pass\n")
-    result = pytester.runpytest(f"--quant-model={tmp_path / 'nf4'}", "-p", "no:cacheprovider")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*quant_reference: nf4 is a pre-quantized checkpoint and has no unquantized reference*"])
-
-
-def _imports(package: Path) -> dict[str, set[str]]:
-    """module -> the package's modules it imports at module level (relative or absolute)."""
+def imports(package: Path) -> dict[str, set[str]]:
+    """module -> the package's modules it imports anywhere in its body (functions included)."""
     graph: dict[str, set[str]] = {}
     for path in package.rglob("*.py"):
         parts = path.relative_to(package.parent).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         is_pkg = parts[-1] == "__init__"
         deps: set[str] = set()
-        for node in ast.parse(path.read_text()).body:
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 if node.level:
                     base = name.split(".") if is_pkg else name.split(".")[:-1]
@@ -129,17 +51,28 @@ def _imports(package: Path) -> dict[str, set[str]]:
                     module = node.module or ""
                 for alias in node.names:
                     candidate = f"{module}.{alias.name}"
-                    deps.add(candidate if (package.parent / candidate.replace(".", "/")).with_suffix(".py").exists()
-                             or (package.parent / candidate.replace(".", "/")).is_dir() else module)
+                    found = package.parent / candidate.replace(".", "/")
+                    deps.add(candidate if found.with_suffix(".py").exists() or found.is_dir() else module)
             elif isinstance(node, ast.Import):
                 deps.update(alias.name for alias in node.names)
         graph[name] = {d for d in deps if d.startswith(package.name + ".") or d == package.name} - {name}
     return graph
 
 
-def test_the_package_has_no_import_cycle_and_no_module_over_350_lines() -> None:
-    package = Path(pytest_quant.__file__).parent
-    graph = _imports(package)
+def layer(module: str) -> int:
+    """The layer of ``module``: its longest listed prefix."""
+    best, found = -1, None
+    for index, names in enumerate(LAYERS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and len(name) > best:
+                best, found = len(name), index
+    if found is None:
+        raise AssertionError(f"{module} is in no layer of tests/test_structure.py: place it")
+    return found
+
+
+def test_no_import_cycle_even_inside_functions() -> None:
+    graph = imports(PACKAGE)
     state: dict[str, int] = {}
     path: list[str] = []
 
@@ -157,5 +90,33 @@ def test_the_package_has_no_import_cycle_and_no_module_over_350_lines() -> None:
     for module in sorted(graph):
         if not state.get(module):
             visit(module)
-    long = {str(p.relative_to(package)): n for p in package.rglob("*.py") if (n := len(p.read_text().splitlines())) > 350}
-    assert not long, f"modules over 350 lines: {long}"
+
+
+def test_no_import_runs_up_the_layers() -> None:
+    upward = sorted(f"{module} (layer {layer(module)}) imports {dep} (layer {layer(dep)})"
+                    for module, deps in imports(PACKAGE).items() for dep in deps if layer(dep) > layer(module))
+    assert not upward, "\n".join(upward)
+
+
+def test_the_layer_check_sees_an_import_inside_a_function(tmp_path: Path) -> None:
+    package = tmp_path / "pytest_quant"
+    (package / "gates").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "gates" / "__init__.py").write_text("")
+    (package / "units.py").write_text("def f():\n    from .gates import x\n")
+    graph = imports(package)
+    assert graph["pytest_quant.units"] == {"pytest_quant.gates"}
+    assert layer("pytest_quant.gates") > layer("pytest_quant.units")
+
+
+def test_no_module_over_300_lines() -> None:
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_importing_the_plugin_imports_no_heavy_library() -> None:
+    code = ("import sys, pytest_quant.plugin; heavy = [m for m in ('torch', 'transformers', 'numpy', 'safetensors')"
+            " if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

@@ -1,0 +1,110 @@
+"""The plugin's hooks as a user sees them: third-party backends through the hook, gates as their own report
+phase, metrics kept when a test body fails, the reference fixture."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import pytest_quant
+
+TOY_CONFTEST = """
+from pytest_quant.backends import Backend, Loaded
+
+
+def load_toy(request):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=torch.float32)
+    with torch.no_grad():  # a toy "quantization": weights rounded to bfloat16 and back
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(module.weight.to(torch.bfloat16).float())
+    model.eval()
+    return Loaded(model, AutoTokenizer.from_pretrained(request.model_path), "float32", kernel="ToyLinear",
+                  notes={"note": request.recipe.get("note")})
+
+
+def pytest_quant_backends(config):
+    return [Backend("toy", load_toy, requires=("torch",), install_hint="pip install torch",
+                    fields=frozenset({"note"}))]
+"""
+
+TOY_PYPROJECT = """
+[tool.pytest-quant.recipes.toy-bf16]
+backend = "toy"
+note = "rounded"
+"""
+
+
+def test_a_conftest_registers_a_backend_through_the_hook(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(TOY_CONFTEST)
+    pytester.makepyprojecttoml(TOY_PYPROJECT)
+    pytester.makepyfile("""
+import pytest
+
+@pytest.mark.perplexity_delta(max_rel=0.01)
+@pytest.mark.kl_divergence(max_mean=0.01, min_top1=95)
+def test_toy(quant_model):
+    assert quant_model.recipe.backend == "toy"
+""")
+    result = pytester.runpytest("--quant-recipes", "toy-bf16", "--quant-eval-tokens", "512", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*tiny*toy-bf16*cpu*ToyLinear*pass*"])
+
+
+def test_an_unknown_field_of_a_registered_backend_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(TOY_CONFTEST)
+    pytester.makepyprojecttoml(TOY_PYPROJECT + 'colour = "red"\n')
+    pytester.makepyfile("def test_x(quant_model): pass")
+    result = pytester.runpytest("--collect-only")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*toy-bf16*unknown field(s) 'colour' for backend 'toy'*known fields: note*"])
+
+
+def test_a_violated_gate_has_its_own_status_and_section_and_a_failing_body_keeps_its_metrics(
+        pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+import pytest
+
+@pytest.mark.vram_budget("1 KiB")
+def test_over_budget(quant_model):
+    pass
+
+@pytest.mark.vram_budget("1 GiB")
+def test_body_fails(quant_model):
+    raise AssertionError("the test's own assertion")
+""")
+    report = pytester.path / "r.json"
+    result = pytester.runpytest("--quant-recipes", "reference", "--quant-eval-tokens", "512", "-p", "no:cacheprovider",
+                                "-v", f"--junitxml={pytester.path / 'junit.xml'}", "--quant-report", str(report))
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines([
+        "*test_over_budget*QUANT GATE*",
+        "*test_body_fails*FAILED*",
+        "*pytest-quant gate violations*",
+        "*test_over_budget*",
+        "*VRAM budget 1.00 KiB exceeded: footprint*[tiny, reference, cpu]*",
+    ])
+    junit = (pytester.path / "junit.xml").read_text()
+    assert junit.count('name="quant.vram_resident_bytes"') == 2  # both tests recorded the figure
+    row = json.loads(report.read_text())["results"][0]
+    assert row["recipe"] == "reference" and row["result"] == "fail"
+
+
+def test_quant_reference_of_a_prequantized_checkpoint_is_a_clear_error(pytester: pytest.Pytester, tmp_path) -> None:
+    pytest.importorskip("bitsandbytes")
+    from pytest_quant.backends import LoadRequest, load
+    from pytest_quant.models import TINY_DIR
+    from pytest_quant.recipes import BUILTIN_RECIPES
+
+    loaded = load(LoadRequest(TINY_DIR, BUILTIN_RECIPES["bnb-nf4"], "cpu"))
+    loaded.model.save_pretrained(tmp_path / "nf4")
+    loaded.tokenizer.save_pretrained(tmp_path / "nf4")
+    pytester.makepyfile("def test_ref(quant_reference):\n    pass\n")
+    result = pytester.runpytest(f"--quant-model={tmp_path / 'nf4'}", "-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*quant_reference: nf4 is a pre-quantized checkpoint and has no unquantized reference*"])
