@@ -173,6 +173,27 @@ def environment(device: str) -> dict[str, Any]:
     return {"hardware": {k: v for k, v in hardware.items() if v is not None}, "versions": versions}
 
 
+def device_memory_bytes(device: str) -> int | None:
+    """The memory a model on ``device`` can use at most: the GPU's total, or the host's RAM capped by a cgroup
+    memory limit (containers, CI runners); None when it cannot be read."""
+    if is_cuda(device):
+        try:
+            import torch
+
+            return int(torch.cuda.get_device_properties(device_index(device)).total_memory)
+        except Exception:
+            return None
+    limits = []
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    for name in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            text = Path(name).read_text().strip()
+            if text.isdigit() and int(text) < 1 << 60:  # "max" or a huge number: no limit
+                limits.append(int(text))
+    return min(limits) if limits else None
+
+
 def free_device_memory(device: str) -> int:
     """Collect garbage, drop cuBLAS's per-stream workspaces and return cached blocks to the driver; the bytes
     the allocator still holds (0 on CPU).

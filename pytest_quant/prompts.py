@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 DEFAULT_PROMPTS = 8
 OPENING_WORDS = 12  # a default prompt is the first this many words of a paragraph
@@ -123,3 +124,72 @@ def render(prompt: Prompt, tokenizer) -> list[int]:
     # the template writes its own special tokens (BOS included), so the text is encoded without adding more
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+# A token of any vocabulary pytest-quant has met is at most this many UTF-8 bytes, so a prompt of B bytes is
+# at least B / MAX_TOKEN_BYTES tokens: the bound used where the folder has no tokenizer.json to count with.
+MAX_TOKEN_BYTES = 32
+
+
+@dataclass(frozen=True)
+class TokenCounter:
+    """Counts a prompt's tokens for the start-up check: exactly with the folder's tokenizer.json (the
+    ``tokenizers`` library, no torch; ``source`` names the file), else None: the UTF-8 length bound is used."""
+
+    count: Callable[[str], int] | None
+    source: str | None = None
+
+
+def token_counter(model_path: Path) -> TokenCounter:
+    tokenizer_file = Path(model_path) / "tokenizer.json"
+    if tokenizer_file.is_file():
+        try:
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        except Exception:  # a tokenizers too old for the file, or none installed: fall back to the bound
+            return TokenCounter(None)
+        return TokenCounter(lambda text: len(tokenizer.encode(text).ids), str(tokenizer_file))
+    return TokenCounter(None)
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """The text whose tokens a prompt holds at least (a chat's contents; its template only adds tokens)."""
+    return prompt.text if prompt.text is not None else "\n".join(content for _, content in prompt.messages)
+
+
+def prompt_tokens(prompt: Prompt, counter: TokenCounter, context: int) -> tuple[int, str]:
+    """How many tokens ``prompt`` holds and how that was found: the byte bound when it already reaches
+    ``context`` (a 1 MB line is not tokenized) or no tokenizer.json counts, else the tokenizer's count (a
+    chat's without its template, so a lower bound too)."""
+    size = len(prompt_text(prompt).encode("utf-8"))
+    bound = -(-size // MAX_TOKEN_BYTES)
+    if bound >= context or counter.count is None:
+        return bound, f"at least {bound} tokens ({size} UTF-8 bytes, a token being at most {MAX_TOKEN_BYTES} bytes)"
+    tokens = counter.count(prompt_text(prompt))
+    chat = ", before the chat template's own tokens" if prompt.messages is not None else ""
+    return tokens, f"{tokens} tokens (counted with {counter.source}{chat})"
+
+
+def check_fits(prompts: tuple[Prompt, ...], context: int, counter: TokenCounter, model: str) -> None:
+    """ValueError naming file:line for the first prompt that leaves no room for a generated token in a
+    ``context``-token model."""
+    for prompt in prompts:
+        tokens, how = prompt_tokens(prompt, counter, context)
+        if tokens >= context:
+            raise ValueError(
+                f"prompts file {prompt.source}: the prompt is {how}, and {model}'s context is {context} tokens "
+                "(max_position_embeddings in its config.json); shorten it to fewer than "
+                f"{context} tokens, leaving room for the generated ones")
+
+
+def check_chat_template(prompts: tuple[Prompt, ...], has_template: bool, model: str) -> None:
+    """ValueError naming file:line of the first chat prompt when the model's tokenizer has no chat template."""
+    if has_template:
+        return
+    for prompt in prompts:
+        if prompt.messages is not None:
+            raise ValueError(
+                f'prompts file {prompt.source}: chat "messages" need a tokenizer with a chat template, and {model} '
+                "has none (no chat_template in tokenizer_config.json, no chat_template.jinja); give the prompt as "
+                '"prompt" text instead')

@@ -19,15 +19,130 @@ PATH_FLAGS = ("--quant-model", "--quant-eval-text", "--quant-baseline-dir", "--q
 
 
 def check_start(config: pytest.Config, options) -> None:
-    """The checks of the parsed options' paths (``check_space_form`` runs first, before they are parsed)."""
+    """The checks of the parsed options (``check_space_form`` runs first, before they are parsed): paths, the
+    model folders, the prompts against each model, the decode batch against the device's memory. Reads JSON
+    and tokenizer files only: no model loads, torch is not imported."""
     if options.eval_text is not None:
         check_eval_text(Path(options.eval_text))
     check_folder("--quant-cache-dir", Path(options.cache_dir))
     check_folder("--quant-baseline-dir", Path(options.baseline_dir), writable=False)  # comparing only reads
-    if options.report is not None and not hasattr(config, "workerinput"):
+    controller = not hasattr(config, "workerinput")
+    if options.report is not None and controller:
         from .report.files import report_path
 
         check_report_target(report_path(options.report, config.invocation_params.dir))
+    for model in options.models:
+        check_model(model, bool(getattr(options, "trust_remote_code", False)))
+    if options.prompts is not None:
+        check_prompts(Path(options.prompts), options.models)
+    check_decode_batch(options)
+    if controller:
+        sweep_cache(Path(options.cache_dir))
+
+
+def check_model(model, trust_remote_code: bool) -> None:
+    """A folder that makes transformers run its own code is refused unless --quant-trust-remote-code."""
+    from .models import remote_code_files
+
+    if trust_remote_code:
+        return
+    found = remote_code_files(model.path)
+    if found:
+        raise pytest.UsageError(
+            f"--quant-model {model.path}: the folder ships Python code that transformers would run to load it: "
+            f"{found[0]}; pass --quant-trust-remote-code (ini quant_trust_remote_code = true) if you trust that code")
+
+
+def check_prompts(path: Path, models) -> None:
+    """Every prompt fits every model's context, and chat prompts need a chat template (``prompts.check_fits``,
+    ``prompts.check_chat_template``), each named as file:line."""
+    from .models import context_length, has_chat_template
+    from .prompts import check_chat_template, check_fits, read_prompts, token_counter
+
+    try:
+        prompts = read_prompts(path)
+        for model in models:
+            check_chat_template(prompts, has_chat_template(model.path), model.name)
+            context = context_length(model.path)
+            if context is not None:
+                check_fits(prompts, context, token_counter(model.path), model.name)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--quant-prompts {path}: {exc}") from None
+
+
+# What decode timing holds per sequence (pytest_quant.run.measurer: a 128-token prompt, then 128 timed steps
+# on CUDA and 32 on CPU, plus warm-up steps in the static cache).
+DECODE_PROMPT_TOKENS = 128
+DECODE_POSITIONS = {"cuda": 128 + 128 + 8, "cpu": 128 + 32 + 8}
+MAX_DECODE_BATCH = 65536  # where no memory estimate can be made: far past any serving batch
+
+
+def decode_memory_bytes(config: dict, batch: int, device: str, weights_bytes: int) -> int | None:
+    """A lower estimate of the memory decode timing at ``batch`` needs: the weights, and per sequence the KV
+    cache of every position, one layer's prefill activations and the last position's float32 logits. None
+    when config.json lacks the shape."""
+    from .hardware import device_kind
+
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    try:
+        layers, hidden = int(text["num_hidden_layers"]), int(text["hidden_size"])
+        heads = int(text["num_attention_heads"])
+        kv_heads = int(text.get("num_key_value_heads") or heads)
+        head_dim = int(text.get("head_dim") or hidden // heads)
+        intermediate = int(text.get("intermediate_size") or 4 * hidden)
+        vocab = int(text.get("vocab_size") or config.get("vocab_size") or 0)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    kind = device_kind(device)
+    element = 4 if kind == "cpu" else 2  # fp32 on CPU, the checkpoint's 16-bit dtype on GPU (backends.common)
+    kv = 2 * layers * kv_heads * head_dim * DECODE_POSITIONS[kind] * element
+    prefill = DECODE_PROMPT_TOKENS * (2 * hidden + intermediate) * element
+    return weights_bytes + batch * (kv + prefill + vocab * 4)
+
+
+def decode_batch_problem(model_path: Path, batch: int, device: str, flag: str = "--quant-decode-batch") -> str | None:
+    """Why decode timing at ``batch`` cannot run for the model on ``device`` (None when it may)."""
+    from .backends.checkpoint import read_config
+    from .hardware import device_memory_bytes
+    from .qcache import WEIGHT_SUFFIXES
+    from .units import format_bytes
+
+    if batch <= 1:
+        return None
+    weights = sum(p.stat().st_size for p in Path(model_path).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    need = decode_memory_bytes(read_config(model_path), batch, device, weights)
+    memory = device_memory_bytes(device)
+    if need is None or memory is None:
+        if batch > MAX_DECODE_BATCH:
+            return f"{flag} {batch}: more than {MAX_DECODE_BATCH} sequences; give at most {MAX_DECODE_BATCH}"
+        return None
+    if need > memory:
+        per_sequence = (need - weights) / batch
+        fits = max(1, int((memory - weights) // per_sequence)) if memory > weights else 1
+        return (f"{flag} {batch}: decoding {batch} sequences of {Path(model_path).name} needs at least "
+                f"{format_bytes(need)} (KV cache, activations and logits, estimated from its config.json) and "
+                f"{device} has {format_bytes(memory)}; give at most about {fits}")
+    return None
+
+
+def check_decode_batch(options) -> None:
+    for model in options.models:
+        problem = decode_batch_problem(model.path, int(options.decode_batch), options.device)
+        if problem:
+            raise pytest.UsageError(problem)
+
+
+def sweep_cache(cache_dir: Path) -> None:
+    """Remove temporary files and folders killed writers left in the cache folder and its subfolders
+    (``atomic.remove_stale_temps``: never a live writer's); links are not followed."""
+    from .atomic import remove_stale_temps
+
+    if not cache_dir.is_dir():
+        return
+    remove_stale_temps(cache_dir)
+    for sub in cache_dir.iterdir():
+        if sub.is_dir() and not sub.is_symlink() and not sub.name.startswith("."):
+            remove_stale_temps(sub)
 
 
 def space_form_values(args: list[str]) -> list[tuple[str, str]]:
@@ -77,10 +192,17 @@ def check_eval_text(path: Path) -> None:
         raise pytest.UsageError(f"--quant-eval-text {path}: the file is empty; give a UTF-8 text file with at least a "
                                 "few sentences (a few thousand tokens for a stable perplexity)")
     try:
-        data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise pytest.UsageError(f"--quant-eval-text {path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
                                 f"{exc.start}: {exc.reason}); give a plain UTF-8 text file") from None
+    if not text.strip():  # NBSP, em and ideographic spaces: blank to str.strip, not to bytes.strip
+        raise pytest.UsageError(f"--quant-eval-text {path}: the file holds only whitespace; give a UTF-8 text file "
+                                "with at least a few sentences")
+    if not any(c.isalnum() for c in text):
+        raise pytest.UsageError(f"--quant-eval-text {path}: the file holds no letters or digits (only punctuation or "
+                                "symbols such as emoji); perplexity over it says nothing about text a model is used "
+                                "for: give a text in a natural language")
 
 
 def _nearest_existing(path: Path) -> Path:

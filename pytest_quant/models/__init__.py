@@ -52,7 +52,102 @@ def resolve_model(value: str) -> ModelSource:
     if not any(p.name.endswith(WEIGHT_SUFFIXES) for p in path.iterdir() if p.is_file()):
         raise ValueError(f"--quant-model {value!r}: {path} has a config.json but no weight files "
                          f"({', '.join('*' + s for s in WEIGHT_SUFFIXES)})")
+    for problem in (weights_problem(path), tokenizer_problem(path)):
+        if problem:
+            raise ValueError(f"--quant-model {value!r}: {problem}")
     return ModelSource(_short_name(path), path.resolve())
+
+
+SAFE_WEIGHTS = ".safetensors"
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth")
+# What AutoTokenizer builds a tokenizer from: a tokenizers serialization, a sentencepiece or tiktoken model,
+# or a BPE/WordPiece vocabulary.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "tiktoken.model",
+                   "vocab.json", "vocab.txt")
+# Files whose ``auto_map`` makes transformers import Python code shipped in the model folder.
+CODE_MAP_FILES = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json",
+                  "image_processor_config.json", "feature_extractor_config.json")
+
+
+def _top_files(path: Path) -> list[str]:
+    return sorted(p.name for p in Path(path).iterdir() if p.is_file())
+
+
+def weights_problem(path: Path) -> str | None:
+    """Why a folder's weights cannot be loaded here: only pickled files (``.bin``/``.pt``, refused in favour of
+    safetensors: unpickling can run code) or only GGUF (no backend reads it); None when safetensors are there."""
+    names = _top_files(path)
+    if any(n.endswith(SAFE_WEIGHTS) for n in names):
+        return None
+    pickled = [n for n in names if n.endswith(PICKLED_WEIGHTS)]
+    if pickled:
+        return (f"{path} holds only pickled weights ({', '.join(pickled)}); pytest-quant loads *.safetensors only "
+                "(unpickling a file can run code): convert it once, e.g. model = AutoModelForCausalLM."
+                "from_pretrained(folder); model.save_pretrained(folder, safe_serialization=True)")
+    gguf = [n for n in names if n.endswith(".gguf")]
+    if gguf:
+        return (f"{path} holds only GGUF weights ({', '.join(gguf)}), and no pytest-quant backend reads GGUF; "
+                "give the folder of the original safetensors checkpoint")
+    return None
+
+
+def tokenizer_problem(path: Path) -> str | None:
+    """Why a folder has no tokenizer transformers can build (None when it has one of ``TOKENIZER_FILES``)."""
+    names = set(_top_files(path))
+    if names & set(TOKENIZER_FILES) or any(n.endswith(".tiktoken") for n in names):
+        return None
+    return (f"{path} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); save the tokenizer into it "
+            "(tokenizer.save_pretrained(folder))")
+
+
+def remote_code_files(path: Path) -> list[str]:
+    """``file (what)`` for every file of a model folder that makes transformers run the folder's own code: an
+    ``auto_map`` in config.json, tokenizer_config.json or a processor config."""
+    import json
+
+    found = []
+    for name in CODE_MAP_FILES:
+        file = Path(path) / name
+        if not file.is_file():
+            continue
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # config.json is checked by resolve_model; a broken other file fails where it is read
+        if isinstance(data, dict) and data.get("auto_map"):
+            mapped = data["auto_map"]
+            classes = ", ".join(f"{k} -> {v}" for k, v in mapped.items()) if isinstance(mapped, dict) else str(mapped)
+            found.append(f"{file} (auto_map: {classes})")
+    return found
+
+
+def context_length(path: Path) -> int | None:
+    """The model's context in tokens: ``max_position_embeddings`` of config.json (or its text_config, or the
+    older names n_positions / max_sequence_length / seq_length); None when it declares none."""
+    from ..backends.checkpoint import read_config
+
+    config = read_config(path)
+    for section in (config, config.get("text_config") if isinstance(config.get("text_config"), dict) else {}):
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = section.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def has_chat_template(path: Path) -> bool:
+    """Whether the folder's tokenizer carries a chat template (tokenizer_config.json's ``chat_template``, or a
+    chat_template.jinja / chat_template.json file beside it)."""
+    import json
+
+    folder = Path(path)
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and bool(config.get("chat_template"))
 
 
 def _short_name(path: Path) -> str:
