@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_quant.measure.vram import GENERATE, VramTracker, allocated_bytes, nvml_process_bytes, release
+from pytest_quant.measure.vram import (GENERATE, VramTracker, allocated_bytes, model_device_bytes, nvml_process_bytes,
+                                       release)
 
 torch = pytest.importorskip("torch")
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -29,6 +30,7 @@ def test_cpu_resident_is_the_footprint_and_gpu_figures_are_none() -> None:
     assert vram.resident_bytes == vram.footprint_bytes == model.get_memory_footprint() > 0
     assert vram.load_peak_bytes is vram.generate_peak_bytes is vram.eval_peak_bytes is vram.nvml_process_bytes is None
     assert vram.phase_peak_bytes == {} and vram.source == "model footprint"
+    assert vram.model_device_bytes is None and model_device_bytes(model) == 0  # nothing of it on a GPU
 
 
 def test_cpu_helpers_are_zero_or_none() -> None:
@@ -45,7 +47,7 @@ def test_gpu_resident_load_and_phase_peaks() -> None:
         workspace = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")
         del workspace
     vram = tracker.read(model)
-    assert vram.resident_bytes >= model.get_memory_footprint() * 0.95
+    assert vram.resident_bytes >= vram.model_device_bytes >= model.get_memory_footprint() * 0.95
     assert vram.load_peak_bytes >= vram.resident_bytes
     assert vram.generate_peak_bytes >= vram.resident_bytes + 64 * 2**20
     assert vram.eval_peak_bytes is None and vram.source == "torch allocator after load"

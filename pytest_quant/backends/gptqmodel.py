@@ -30,9 +30,10 @@ from .. import calibration as calib
 from .. import qcache
 from ..hardware import device_kind, library_versions
 from . import Loaded, LoadRequest
+from .base import drop_import_tracebacks
 from .checkpoint import load_checkpoint
 from .common import default_dtype, load_tokenizer, quantized_linear_classes
-from .gptqmodel_spec import QuantSpec, _gptqmodel, prepare_environment, spec_from_recipe
+from .gptqmodel_spec import QuantSpec, import_gptqmodel, prepare_environment, spec_from_recipe
 
 CACHE_SUBDIR = "gptqmodel"
 KEY_LIBRARIES = ("gptqmodel", "transformers", "torch")
@@ -87,7 +88,7 @@ def quantize(model_path: Path, spec: QuantSpec, calibration: calib.Calibration, 
 
     The seconds cover loading the unquantized model, quantizing and saving: what a cache hit saves.
     """
-    gptqmodel = _gptqmodel()
+    gptqmodel = import_gptqmodel()
     config = gptqmodel.QuantizeConfig(**spec.quantize)
     start = time.perf_counter()
     qmodel = gptqmodel.GPTQModel.load(str(model_path), config, device=device)
@@ -146,6 +147,7 @@ def load(request: LoadRequest) -> Loaded:
     request.before_load()
     model, _, _ = load_checkpoint(saved, request.device, spec.kernel, dtype=dtype, device_map=request.device_map,
                                 **spec.load_options)
+    drop_import_tracebacks("gptqmodel")  # kernels imported by the load: their stored errors hold our frames
     return Loaded(
         model,
         tokenizer,

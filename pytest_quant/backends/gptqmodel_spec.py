@@ -64,16 +64,20 @@ def prepare_environment() -> None:
     os.environ.setdefault("PYTORCH_ALLOC_CONF", os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or "expandable_segments:False")
 
 
-def _gptqmodel():
+def import_gptqmodel():
+    """GPTQModel, imported with the environment it needs (the one place that imports it)."""
     prepare_environment()
     import gptqmodel
 
-    return gptqmodel
+    from .base import drop_import_tracebacks
 
+    drop_import_tracebacks("gptqmodel")
+    return gptqmodel
 
 
 def available_kernels(method: str) -> list[str]:
     """GPTQModel's backend names for ``method`` (e.g. gptq_torch, gptq_triton, gptq_marlin), and "auto"."""
+    import_gptqmodel()
     from gptqmodel.utils.backend import BACKEND
 
     return ["auto"] + sorted(b.value for b in BACKEND if b.value.startswith(f"{method}_"))
@@ -103,8 +107,12 @@ def resolve_kernel(method: str, requested: str | None, device: str, bits: int, w
 
 def spec_from_recipe(recipe, device: str, resolve: bool = True) -> QuantSpec:
     """Validate a gptqmodel recipe and split it into quantization, calibration and loading settings."""
-    where = f"recipe {recipe.name}" if recipe.name else "recipe"
-    options = recipe.options
+    return spec_from_options(recipe.options, device, f"recipe {recipe.name}" if recipe.name else "recipe", resolve)
+
+
+def spec_from_options(options: dict[str, Any], device: str, where: str = "recipe", resolve: bool = True) -> QuantSpec:
+    """The same from a recipe's fields; ``where`` names them in errors. ``resolve=False``: the kernel is not
+    checked against GPTQModel (at start-up, before anything heavy is imported)."""
     method = str(options.get("method", "gptq")).lower()
     if method not in ("gptq", "awq"):
         raise ValueError(f"{where}: method {method!r} is not one of ['awq', 'gptq']")
@@ -154,10 +162,6 @@ def spec_from_recipe(recipe, device: str, resolve: bool = True) -> QuantSpec:
 
 def validate(settings: dict[str, Any]) -> None:
     """A gptqmodel recipe's fields, checked at start-up (the kernel against GPTQModel's list when installed)."""
-    from types import SimpleNamespace
-
-    from ..recipes import _frozen
-
     method = str(settings.get("method", "gptq")).lower()
     if method not in ("gptq", "awq"):
         raise ValueError(f"field 'method' is {settings.get('method')!r}; accepted: awq, gptq")
@@ -177,5 +181,4 @@ def validate(settings: dict[str, Any]) -> None:
         known = available_kernels(method)
         if not {str(kernel).strip().lower(), f"{method}_{str(kernel).strip().lower()}"} & set(known):
             raise ValueError(f"field 'kernel' is {kernel!r}; accepted: {', '.join(known)} (GPTQModel's {method} kernels)")
-    recipe = SimpleNamespace(name="", options=dict(settings), settings=_frozen(settings))
-    spec_from_recipe(recipe, "cpu", resolve=False)
+    spec_from_options(dict(settings), "cpu", resolve=False)

@@ -4,7 +4,8 @@
 inserts quantizers that simulate the format ("fake quantization"): the arithmetic is still the 16-bit
 matmul, so the quality figures are those the format gives, but speed and memory are not those of a
 TensorRT(-LLM) engine. With ``compress = true`` ``mtq.compress`` stores the weights in the low-precision
-format, so the footprint reflects it. CUDA only: on CPU ``load`` fails at once with "needs CUDA".
+format, so the footprint reflects it. The model is calibrated where it is measured, so the load peak
+includes the calibration's activations. CUDA only: on CPU ``load`` fails at once with "needs CUDA".
 Not run on this project's CPU machines; ``benchmarks/BACKENDS_NOTES.md`` records what was checked.
 """
 
@@ -14,7 +15,7 @@ import time
 from typing import Any
 
 from . import Loaded, default_dtype, load_tokenizer
-from .torch_dynamic import attach_footprint, kernel_name
+from .base import attach_footprint, kernel_name
 
 REQUIRES: tuple[str, ...] = ("modelopt",)
 INSTALL_HINT = "pip install 'pytest-quant[modelopt]'"
@@ -69,6 +70,9 @@ def load(request) -> Loaded:
 
     dtype = default_dtype(request.model_path, request.device)
     tokenizer = load_tokenizer(request.model_path)
+    # The model is quantized where it lives, on the device: the measured load starts before it lands there
+    # (called after the calibration, as before, the tracker started with the model already resident: 0 B).
+    request.before_load()
     model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=dtype, device_map=request.placement)
     model.eval()
     windows = _calibration_windows(request, settings, tokenizer)
@@ -87,7 +91,6 @@ def load(request) -> Loaded:
         notes["simulated"] = False
     torch.cuda.synchronize(request.device)
     seconds = time.perf_counter() - start
-    request.before_load()
     attach_footprint(model)
     notes["footprint_bytes"] = model.get_memory_footprint()
     return Loaded(model, tokenizer, str(dtype).removeprefix("torch."), kernel=kernel_name(model),

@@ -5,7 +5,7 @@ token windows of the calibration text, ``pytest_quant.calibration``). INC's RTN 
 loading from a checkpoint path; the model is already in memory here, so ``use_layer_wise`` is off. The
 quantized layers are INC's ``INCWeightOnlyLinear``, whose packed int32 weights are buffers, so
 transformers' ``get_memory_footprint`` counts them; the figure is recomputed the same way as the other
-backends' (``torch_dynamic.memory_footprint``) for ``notes["footprint_bytes"]``.
+backends' (``base.memory_footprint``) for ``notes["footprint_bytes"]``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from . import Loaded, load_tokenizer
-from .torch_dynamic import attach_footprint, kernel_name
+from .base import attach_footprint, kernel_name
 
 REQUIRES: tuple[str, ...] = ("neural_compressor",)
 INSTALL_HINT = "pip install 'pytest-quant[inc]'"

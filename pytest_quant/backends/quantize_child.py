@@ -119,9 +119,9 @@ def write_job(path: Path, model_path: Path, spec, windows, device: str, out_dir:
 def run(job: dict) -> dict:
     device = job["device"]
     settings = make_deterministic(device)
-    from .gptqmodel_spec import _gptqmodel
+    from .gptqmodel_spec import import_gptqmodel
 
-    gptqmodel = _gptqmodel()
+    gptqmodel = import_gptqmodel()
     config = gptqmodel.QuantizeConfig(**job["quantize"])
     config.auto_forward_data_parallel = False
     dataset = [{"input_ids": list(w), "attention_mask": [1] * len(w)} for w in job["windows"]]

@@ -11,7 +11,7 @@ from . import Loaded
 from .checkpoint import quantization_method
 from .common import load_tokenizer, quantized_linear_classes
 from .checkpoint import load_checkpoint
-from .gptqmodel_spec import _gptqmodel, resolve_kernel
+from .gptqmodel_spec import import_gptqmodel, resolve_kernel
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def loader_agreement(checkpoint: Path, device: str, *, kernel: str | None = None
     saved = json.loads((checkpoint / "config.json").read_text())["quantization_config"]
     kernel = resolve_kernel(method, kernel, device, int(saved.get("bits", 4)), str(checkpoint))
     ours, _, _ = load_checkpoint(checkpoint, device, kernel, dtype=dtype)
-    writer = _gptqmodel().GPTQModel.load(str(checkpoint), backend=kernel, device=device, dtype=dtype,
+    writer = import_gptqmodel().GPTQModel.load(str(checkpoint), backend=kernel, device=device, dtype=dtype,
                                          trust_remote_code=False)
     try:
         return _compare(writer.model, ours, checkpoint, atol, input_ids, tokens)

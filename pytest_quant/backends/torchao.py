@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from . import Loaded, default_dtype, load_tokenizer
-from .torch_dynamic import attach_footprint, kernel_name
+from .base import attach_footprint, kernel_name
 
 REQUIRES: tuple[str, ...] = ("torchao",)
 INSTALL_HINT = "pip install 'pytest-quant[torchao]'"

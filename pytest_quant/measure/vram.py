@@ -33,6 +33,10 @@ class VramMeasurement:
     # a model spread over several GPUs (--quant-device auto): each GPU's resident bytes; the figures above are
     # their sums (the peaks: the sum of each GPU's own peak). Empty on one device.
     resident_bytes_by_device: dict[str, int] = field(default_factory=dict)
+    # GPU: bytes of the model's own parameters and buffers on CUDA devices, each storage once (tensor
+    # subclasses counted by what they hold). The allocator's resident figure is at least this, unless the
+    # model reached the device before the tracker started (a backend that calls before_load too late).
+    model_device_bytes: int | None = None
 
     @property
     def source(self) -> str:
@@ -124,7 +128,39 @@ class VramTracker:
             phase_peak_bytes=dict(self.phase_peak_bytes),
             resident_bytes_by_device=({hardware.host_device(d): b for d, b in self.resident_by_device.items()}
                                       if len(self.devices) > 1 else {}),
+            model_device_bytes=model_device_bytes(model),
         )
+
+
+def model_device_bytes(model) -> int:
+    """Bytes of ``model``'s parameters and buffers that live on CUDA devices, each storage counted once; a
+    tensor subclass (torchao's) by the plain tensors inside it. 0 for a model on CPU or one that is not a
+    torch module (ONNX Runtime's session)."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return 0
+    seen: set[tuple[str, int]] = set()
+    total = 0
+
+    def add(tensor) -> None:
+        nonlocal total
+        flatten = getattr(type(tensor), "__tensor_flatten__", None)
+        if flatten is not None and type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+            for name in tensor.__tensor_flatten__()[0]:
+                add(getattr(tensor, name))
+            return
+        if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cuda":
+            return
+        storage = tensor.untyped_storage()
+        key = (str(tensor.device), storage.data_ptr())
+        if key not in seen:
+            seen.add(key)
+            total += storage.nbytes()
+
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        add(tensor.data if isinstance(tensor, torch.nn.Parameter) and type(tensor.data) is not torch.Tensor else tensor)
+    return total
 
 
 def nvml_process_bytes(device: str) -> int | None:

@@ -1,0 +1,40 @@
+"""The helpers backends share: a stored import error's frames no longer keep a loaded model alive."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import types
+import weakref
+
+from pytest_quant.backends.base import drop_import_tracebacks
+
+
+class Model:
+    """Stands for a loaded model: something a caller's frame holds while a library is first imported."""
+
+
+def _import_optional(module: types.ModuleType) -> None:
+    try:
+        raise ModuleNotFoundError("No module named 'llama_cpp'")
+    except ModuleNotFoundError as error:  # as GPTQModel's gguf_cpp keeps _LLAMA_CPP_IMPORT_ERROR
+        module._IMPORT_ERROR = error
+
+
+def _load(module: types.ModuleType):
+    model = Model()
+    _import_optional(module)  # the first import happens while the model is a local of this frame
+    return weakref.ref(model)
+
+
+def test_a_kept_import_error_holds_the_callers_model_until_its_traceback_is_dropped(monkeypatch) -> None:
+    library = types.ModuleType("fakelib.kernels")
+    monkeypatch.setitem(sys.modules, "fakelib.kernels", library)
+    model = _load(library)
+    gc.collect()
+    assert model() is not None  # held: error -> traceback -> _import_optional's frame -> f_back: _load's frame
+    assert drop_import_tracebacks("otherlib") == 0 and model() is not None  # other packages are left alone
+    assert drop_import_tracebacks("fakelib") == 1
+    gc.collect()
+    assert model() is None
+    assert str(library._IMPORT_ERROR) == "No module named 'llama_cpp'"  # the message stays
