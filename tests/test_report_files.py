@@ -36,7 +36,7 @@ INT8 = dict(NF4, recipe="bnb-int8", kernel="Linear8bitLt", vram_resident_bytes=1
 def fake_report(props: dict, failed: bool = False) -> SimpleNamespace:
     pair = f"{props['model']}-{props['recipe']}"
     return SimpleNamespace(user_properties=[("quant.pair", pair), *((f"quant.{k}", v) for k, v in props.items())],
-                           failed=failed)
+                           failed=failed, skipped=False)
 
 
 def make_rows(*specs: tuple[dict, bool]) -> Rows:
@@ -296,3 +296,68 @@ def test_under_xdist_the_controller_writes_every_row_once(pytester: pytest.Pytes
     assert doc["plot"] == "r.png" and png_size(out.with_suffix(".png"))
     text = summary.read_text()
     assert text.count("### pytest-quant report") == 1 and "| tiny | bnb-int8 |" in text and "| tiny | bnb-nf4 |" in text
+
+
+def full_disk(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_report_that_cannot_be_written_leaves_no_stale_file(tmp_path, monkeypatch, strict: bool) -> None:
+    # sweep case 19: exit 0 and the previous run's q.md left in place, uploaded by CI as this run's
+    report = tmp_path / "q.md"
+    report.write_text("old report")
+    report.with_suffix(".png").write_bytes(b"old plot")
+    monkeypatch.setattr(report_files, "write_report", full_disk)
+    monkeypatch.delenv(report_files.STEP_SUMMARY_ENV, raising=False)
+    config = SimpleNamespace(invocation_params=SimpleNamespace(dir=tmp_path, args=()))
+    options = SimpleNamespace(report=report, strict=strict, device="cpu", eval_text=None)
+    files = report_files.ReportFiles(config, options)
+    (line,) = files.write(Rows())
+    assert line.startswith(f"pytest-quant report: could not write {report}: [Errno 28] No space left on device; "
+                           "no report of an earlier run is left in its place")
+    assert line.endswith("the session fails (--quant-strict)" if strict else "pass --quant-strict to fail the session "
+                                                                               "when this happens")
+    assert not report.exists() and not report.with_suffix(".png").exists()
+    assert files.failure == f"could not write {report}: [Errno 28] No space left on device"
+
+
+def test_a_stale_report_that_cannot_be_removed_is_named(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(report_files, "write_report", full_disk)
+    monkeypatch.setattr(report_files, "remove_stale", lambda path: [f"{path} (Permission denied)"])
+    monkeypatch.delenv(report_files.STEP_SUMMARY_ENV, raising=False)
+    config = SimpleNamespace(invocation_params=SimpleNamespace(dir=tmp_path, args=()))
+    files = report_files.ReportFiles(config, SimpleNamespace(report=tmp_path / "q.json", strict=False, device="cpu",
+                                                             eval_text=None))
+    (line,) = files.write(Rows())
+    assert f"the previous run's file could not be removed either and is stale: {tmp_path / 'q.json'} (Permission " \
+           "denied)" in line
+
+
+FULL_DISK_CONFTEST = """
+import pytest_quant.report.files as files
+
+def full_disk(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+files.write_report = full_disk
+"""
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_an_unwritable_report_fails_the_session_only_under_strict(pytester: pytest.Pytester, monkeypatch,
+                                                                  strict: bool) -> None:
+    import pytest_quant.report.files as files
+
+    monkeypatch.setattr(files, "write_report", files.write_report)  # put back after the conftest replaced it
+    monkeypatch.delenv(files.STEP_SUMMARY_ENV, raising=False)
+    pytester.makeconftest(FULL_DISK_CONFTEST)
+    pytester.makepyfile("def test_plain(): pass")
+    (pytester.path / "rep").mkdir()
+    (pytester.path / "rep" / "q.md").write_text("old report")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--quant-recipes=reference", "--quant-report=rep/q.md",
+                                *(["--quant-strict"] if strict else []))
+    assert result.ret == (pytest.ExitCode.TESTS_FAILED if strict else pytest.ExitCode.OK)
+    result.stdout.fnmatch_lines([f"pytest-quant report: could not write {pytester.path / 'rep' / 'q.md'}: [[]Errno 28[]]"
+                                 " No space left on device; no report of an earlier run is left in its place*"])
+    assert not (pytester.path / "rep" / "q.md").exists()

@@ -1,5 +1,9 @@
 """``--quant-report`` and GitHub's step summary: written once, atomically, by the process that has every row
-(the xdist controller, or the only process)."""
+(the xdist controller, or the only process).
+
+A report that cannot be written (a full disk, a folder made read-only during the run) must not leave the
+previous run's file where CI uploads it as this run's: that file (and its plot) is removed, a line says so,
+and under --quant-strict the session fails (exit 1)."""
 
 from __future__ import annotations
 
@@ -63,15 +67,48 @@ def append_step_summary(rows: Rows, info: RunInfo, environ: Mapping[str, str] = 
     return path
 
 
+def remove_stale(path: Path) -> list[str]:
+    """Remove a previous run's report and its plot beside it; what could not be removed, as text."""
+    left = []
+    for stale in (path, path.with_suffix(".png")):
+        try:
+            stale.unlink(missing_ok=True)
+        except OSError as exc:
+            left.append(f"{stale} ({exc.strerror or exc})")
+    return left
+
+
+class StrictExit:
+    """Fails the session (exit 1) under --quant-strict when the report could not be written. A wrapper of
+    ``pytest_sessionfinish`` run outermost, so it sees what the terminal summary (which writes the report)
+    left; pytest returns ``session.exitstatus`` as set here."""
+
+    def __init__(self, files: "ReportFiles") -> None:
+        self.files = files
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session):
+        result = yield
+        if self.files.failure and self.files.options.strict and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return result
+
+
 class ReportFiles:
     """The session's ``--quant-report`` and step summary, written once by the process that has every row:
     the xdist controller, or the only process without xdist (workers have ``config.workerinput``)."""
+
+    STATUS_PLUGIN = "quant-report-status"
 
     def __init__(self, config: pytest.Config, options) -> None:
         self.config = config
         self.options = options
         self.path = report_path(options.report, config.invocation_params.dir)
         self.started = datetime.now(timezone.utc)
+        self.failure: str | None = None  # why the report could not be written
+        manager = getattr(config, "pluginmanager", None)
+        if self.path is not None and manager is not None and not manager.has_plugin(self.STATUS_PLUGIN):
+            manager.register(StrictExit(self), self.STATUS_PLUGIN)
 
     def write(self, rows: Rows) -> list[str]:
         if hasattr(self.config, "workerinput"):
@@ -88,5 +125,15 @@ class ReportFiles:
             try:
                 lines += write_report(self.path, rows, info)
             except OSError as exc:
-                lines.append(f"pytest-quant report: could not write {self.path}: {exc}")
+                lines += self.unwritten(exc)
         return lines
+
+    def unwritten(self, exc: OSError) -> list[str]:
+        """Remove the previous run's report so it is not taken for this run's; the lines that say so."""
+        self.failure = f"could not write {self.path}: {exc}"
+        left = remove_stale(self.path)
+        then = (f"the previous run's file could not be removed either and is stale: {', '.join(left)}" if left
+                else "no report of an earlier run is left in its place")
+        strict = ("; the session fails (--quant-strict)" if self.options.strict
+                  else "; pass --quant-strict to fail the session when this happens")
+        return [f"pytest-quant report: {self.failure}; {then}{strict}"]
