@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+DECODE_MODES = ("compiled", "cuda-graph", "eager")  # measure.throughput.CHAIN, fastest first
+PLUGIN_FIELDS = ("decode_mode", "decode_mode_reason")  # fields of every recipe, whatever its backend
 
 
 class RecipeError(ValueError):
@@ -29,6 +31,15 @@ class Recipe:
     builtin: bool = True
     devices: frozenset[str] | None = None  # device kinds this recipe runs on, where narrower than its backend's
     default: bool = True  # chosen when --quant-recipes names none (False: slow or niche, named on purpose)
+    # the fastest decode mode this recipe is timed in (None: the session's --quant-decode-mode); a recipe whose
+    # compile takes minutes pins "cuda-graph", with the reason recorded in decode_mode_reason
+    decode_mode: str | None = None
+    decode_mode_reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.decode_mode is not None and self.decode_mode not in DECODE_MODES:
+            raise RecipeError(f"recipe {self.name}: decode_mode = {self.decode_mode!r} is not one of "
+                              f"{', '.join(DECODE_MODES)}")
 
     def get(self, key: str, default: Any = None) -> Any:
         return dict(self.settings).get(key, default)
@@ -47,9 +58,9 @@ def _frozen(settings: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 
 def _builtin(name: str, backend: str, description: str, devices: tuple[str, ...] | None = None, default: bool = True,
-             **settings: Any) -> Recipe:
+             decode_mode: str | None = None, decode_mode_reason: str = "", **settings: Any) -> Recipe:
     return Recipe(name, backend, _frozen(settings), description, devices=frozenset(devices) if devices else None,
-                  default=default)
+                  default=default, decode_mode=decode_mode, decode_mode_reason=decode_mode_reason)
 
 
 BUILTIN_RECIPES: dict[str, Recipe] = {
@@ -97,7 +108,9 @@ BUILTIN_RECIPES: dict[str, Recipe] = {
                  "default int4 layout needs the mslk library: named on purpose)", devices=("cuda",), default=False,
                  quant_type="int4_weight_only", group_size=128),
         _builtin("torchao-fp8", "torchao", "torchao float8 dynamic activation + float8 weight (CUDA, compute "
-                 "capability 8.9+)", devices=("cuda",), quant_type="float8_dynamic_activation_float8_weight"),
+                 "capability 8.9+)", devices=("cuda",), quant_type="float8_dynamic_activation_float8_weight",
+                 decode_mode="cuda-graph", decode_mode_reason="torch.compile of its decode step had not finished "
+                 "after 6 minutes on the H200 (1.1B shape, torchao 0.18, torch 2.11; 2026-12-01)"),
         _builtin("ort-dynamic-int8", "onnxruntime", "ONNX Runtime dynamic int8 (quantize_dynamic, QInt8 weights) on an "
                  "exported model with a KV cache", weight_type="QInt8"),
         _builtin("inc-rtn-w4", "neural_compressor", "Intel Neural Compressor weight-only RTN, 4-bit, group size 128",
@@ -125,6 +138,12 @@ def user_recipe(name: str, table: Mapping[str, Any], registry, source: str = "py
     settings = dict(table)
     backend = settings.pop("backend", None)
     description = settings.pop("description", "")
+    decode_mode = settings.pop("decode_mode", None)
+    decode_mode_reason = settings.pop("decode_mode_reason", "")
+    if decode_mode is not None and decode_mode not in DECODE_MODES:
+        raise RecipeError(f"{where}: decode_mode = {decode_mode!r} is not one of {', '.join(DECODE_MODES)}")
+    if not isinstance(decode_mode_reason, str):
+        raise RecipeError(f"{where}: decode_mode_reason = {decode_mode_reason!r} must be a string")
     if not isinstance(backend, str) or backend not in registry.names():
         raise RecipeError(f"{where}: backend {backend!r} is not one of {sorted(registry.names())}")
     entry = registry[backend]
@@ -133,13 +152,14 @@ def user_recipe(name: str, table: Mapping[str, Any], registry, source: str = "py
     if unknown:
         raise RecipeError(
             f"{where}: unknown field(s) {', '.join(map(repr, unknown))} for backend {backend!r}; "
-            f"known fields: {', '.join(sorted(allowed))}"
+            f"known fields: {', '.join(sorted(allowed))}; of every recipe: {', '.join(PLUGIN_FIELDS)}"
         )
     try:
         entry.check(settings)
     except ValueError as exc:
         raise RecipeError(f"{where}: {exc}") from None
-    return Recipe(name, backend, _frozen(settings), description, builtin=False)
+    return Recipe(name, backend, _frozen(settings), description, builtin=False, decode_mode=decode_mode,
+                  decode_mode_reason=decode_mode_reason)
 
 
 KNOWN_TOOL_KEYS = ("recipes",)
