@@ -83,6 +83,16 @@ def parse_prompts_file(value: str) -> Path:
     return path
 
 
+DECODE_MODES = ("compiled", "cuda-graph", "eager")  # pytest_quant.recipes.DECODE_MODES
+
+
+def parse_decode_mode(value: str) -> str:
+    mode = str(value).strip().lower()
+    if mode not in DECODE_MODES:
+        raise argparse.ArgumentTypeError(f"--quant-decode-mode {value!r}: expected one of {', '.join(DECODE_MODES)}")
+    return mode
+
+
 def parse_model(value: str) -> ModelSource:
     try:
         return resolve_model(value)
@@ -126,6 +136,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--quant-eval-tokens", "tokens of the eval text to score (default: 8192)", parse_eval_tokens),
     Option("--quant-decode-batch", "sequences decoded together when timing decode speed (default: 1)",
            lambda v: parse_whole("--quant-decode-batch", v, minimum=1)),
+    Option("--quant-decode-mode", "how decode speed is timed: compiled (torch.compile, then a CUDA graph), cuda-graph "
+           "(the eager step as a CUDA graph) or eager; a mode that cannot run falls back to the next, with its reason "
+           "(default: compiled with --quant-gpu, else eager)", parse_decode_mode),
     Option("--quant-reference-top-k", "log-probabilities kept per token of the reference for KL: a whole number k, "
            f"or 'exact' for the whole vocabulary (default: {DEFAULT_TOP_K})", lambda v: parse_top_k_option(v)),
     Option("--quant-strict", "a recipe whose backend is missing fails instead of skipping (default: false)",
@@ -196,6 +209,7 @@ class QuantOptions:
     device_map: str | None = None  # "auto" (--quant-device auto): models spread over the visible GPUs; device = the first
     device_given: str | None = None  # --quant-device as given (None: the default); pytest_quant.workers reads it
     trust_remote_code: bool = False  # --quant-trust-remote-code: passed to every from_pretrained (LoadRequest)
+    decode_mode: str = "eager"  # --quant-decode-mode: measure.throughput's mode (a recipe's decode_mode may lower it)
 
     @property
     def sharded(self) -> bool:
@@ -221,6 +235,9 @@ class QuantOptions:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise pytest.UsageError(f"--quant-model: two models share the name {duplicates[0]!r}; rename a folder")
+        decode_mode = value_or_ini(config, "--quant-decode-mode") or ("compiled" if is_cuda(device) else "eager")
+        if decode_mode == "cuda-graph" and not is_cuda(device):
+            raise pytest.UsageError(f"--quant-decode-mode cuda-graph needs a CUDA device (--quant-gpu); device is {device}")
         cache_dir = value_or_ini(config, "--quant-cache-dir")
         if cache_dir is None:
             cache_dir = Path(config.cache.mkdir("quant")) if getattr(config, "cache", None) else Path(".quant-cache")
@@ -241,4 +258,5 @@ class QuantOptions:
             device_map=device_map,
             device_given=device_given,
             trust_remote_code=bool(value_or_ini(config, "--quant-trust-remote-code")),
+            decode_mode=decode_mode,
         )
