@@ -509,3 +509,24 @@ def test_two_tests_sharing_a_baseline_file_fail_at_setup(pytester: pytest.Pytest
     result.assert_outcomes(errors=2)
     assert ("tests test_one.py::test_gate[tiny-reference], test_two.py::test_gate[tiny-reference] would share the "
             "baseline file tiny/<hardware>/test_gate[tiny-reference].json: rename one of them") in result.stdout.str()
+
+
+def _baseline(eval_context: dict) -> dict:
+    return {"format_version": 1, "context": {"model": "tiny", "recipe": "bnb-int8", "device": "cpu",
+                                             "eval": eval_context, "standard_errors": {"perplexity_se": 3.69}},
+            "metrics": {"perplexity": 10.0}}
+
+
+def test_a_baseline_of_another_evaluation_batch_is_not_compared() -> None:
+    from pytest_quant.baselines.compare import compare
+    from pytest_quant.baselines.record import dumps
+
+    then = {"text": "eval.txt", "text_sha256": "ab" * 32, "tokens": 8192, "context_tokens": 512, "batch_windows": 8}
+    now = json.loads(dumps(_baseline({**then, "batch_windows": 1})))
+    outcome = compare(now, dumps(_baseline(then)), {"perplexity": 0.05})
+    assert not outcome.matches(update=False)
+    assert "8 windows a batch, this run on 8192 tokens of eval.txt (sha256 abababababab...), 1 windows a batch" \
+        in outcome.problems[0]
+    # a baseline from before the batch was recorded was evaluated 8 windows a batch, as every run then was
+    older = {k: v for k, v in then.items() if k != "batch_windows"}
+    assert compare(json.loads(dumps(_baseline(then))), dumps(_baseline(older)), {"perplexity": 0.05}).matches(False)

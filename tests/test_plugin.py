@@ -108,3 +108,34 @@ def test_quant_reference_of_a_prequantized_checkpoint_is_a_clear_error(pytester:
     result = pytester.runpytest(f"--quant-model={tmp_path / 'nf4'}", "-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*quant_reference: nf4 is a pre-quantized checkpoint and has no unquantized reference*"])
+
+
+def test_bad_marker_argument_is_an_error_naming_it(run_quant) -> None:
+    result = run_quant(
+        """
+import pytest
+
+@pytest.mark.vram_budget("six gigs")
+def test_vram(quant_model): pass
+
+@pytest.mark.tokens_per_second(mn=3)
+def test_tps(quant_model): pass
+
+@pytest.mark.perplexity_delta(max=-1)
+def test_ppl(quant_model): pass
+
+@pytest.mark.perplexity_delta(max=1)
+def test_no_fixture(): pass
+""",
+        "--quant-recipes",
+        "bnb-nf4",
+    )
+    result.assert_outcomes(errors=4)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*'six gigs' is not a size; write a number and a unit such as '6 GiB'*",
+            "*tokens_per_second: unknown keyword(s) mn; accepted: min, min_ratio*",
+            "*perplexity_delta(max=-1): must be >= 0*",
+            "*add the quant_model fixture to test_no_fixture*",
+        ]
+    )

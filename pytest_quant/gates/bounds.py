@@ -38,7 +38,7 @@ def judge(point: float, limit: float, *, lower: bool = False, confidence: float 
     """None when the figure passes: without ``confidence`` the point estimate is on the right side of ``limit``
     (at most a ceiling, at least a floor); with it, its one-sided bound is too. ``bound`` overrides the normal
     bound ``point -/+ z se`` (the Wilson bound of a proportion); ``se`` then still estimates the tokens needed."""
-    breaks = point < limit if lower else point > limit
+    breaks = not point >= limit if lower else not point <= limit  # a NaN figure breaks every limit
     if confidence is None:
         return Verdict(True) if breaks else None
     if bound is None:

@@ -28,14 +28,14 @@ def check_vram(m: Measurements, limits: Limits) -> list[Violation]:
     phase = limits.options.get("phase", "resident")
     peak, what = _vram_figure(m, phase)
     budget = limits.values.get("budget")
-    if budget is not None and peak > budget:
+    if budget is not None and not peak <= budget:  # NaN never passes
         out.append(Violation("vram_budget", f"VRAM budget {format_bytes(budget)} exceeded: {what} {format_bytes(peak)} "
                              f"({_pct(peak, budget)}) {m.where}", peak, budget, "bytes"))
     ratio = limits.values.get("ratio")
     if ratio is not None:
         ref, _ = _vram_figure(m.reference, phase)
         measured = peak / ref
-        if measured > ratio:
+        if not measured <= ratio:
             out.append(Violation("vram_budget", f"VRAM ratio {measured:.3f} of reference exceeds {ratio:.3f}: {what} "
                                  f"{format_bytes(peak)} vs reference {format_bytes(ref)} {m.where}", measured, ratio, "ratio"))
     return out
@@ -48,14 +48,14 @@ def check_tokens_per_second(m: Measurements, limits: Limits) -> list[Violation]:
     tps = t.decode_tokens_per_s
     at = f" at batch {t.batch_size}" if t.batch_size != 1 else ""
     floor = limits.values.get("min")
-    if floor is not None and tps < floor:
+    if floor is not None and not tps >= floor:
         out.append(Violation("tokens_per_second", f"decode {tps:.1f} tok/s{at} below floor {floor:g} tok/s "
                              f"({_pct(tps, floor)}, {t.decode_mode}) {m.where}", tps, floor, "tokens/s"))
     ratio = limits.values.get("min_ratio")
     if ratio is not None:
         ref = m.reference.throughput_at(batch).decode_tokens_per_s
         measured = tps / ref
-        if measured < ratio:
+        if not measured >= ratio:
             out.append(Violation("tokens_per_second", f"decode {tps:.1f} tok/s{at} is {measured:.3f} x reference "
                                  f"{ref:.1f} tok/s, below min_ratio {ratio:g} {m.where}", measured, ratio, "ratio"))
     return out

@@ -30,7 +30,7 @@ def check_perplexity(m: Measurements, limits: Limits) -> list[Violation]:
                              f"above max {limit:g}{verdict.wording(lambda v: f'{v:+.3f}')} {m.where}", delta, limit,
                              "perplexity"))
     rel = limits.values.get("max_rel")
-    if rel is not None and conf is None and delta / ref > rel:
+    if rel is not None and conf is None and not delta / ref <= rel:  # NaN never passes
         out.append(Violation("perplexity_delta", f"perplexity {ppl:.3f} is {100 * delta / ref:+.2f}% over reference "
                              f"{ref:.3f}, above max_rel {100 * rel:g}% {m.where}", delta / ref, rel, "fraction"))
     elif rel is not None and conf is not None:
@@ -82,7 +82,7 @@ def check_generation(m: Measurements, limits: Limits) -> list[Violation]:
     for key, value, what in (("min_exact_percent", g.exact_match_percent, "% of greedy generations equal the reference's"),
                              ("min_prefix_tokens", g.mean_prefix_tokens, " tokens before the first divergence, on average")):
         floor = limits.values.get(key)
-        if floor is not None and value < floor:
+        if floor is not None and not value >= floor:
             out.append(Violation("generation_agreement", f"{value:.2f}{what} (first {g.tokens_compared} tokens of "
                                  f"{g.prompts} prompts), below {key} {floor:g} {m.where}", value, floor,
                                  "percent" if key == "min_exact_percent" else "tokens"))
