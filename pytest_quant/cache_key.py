@@ -2,9 +2,11 @@
 
 The key hashes what decides whether cached quantized models and cached references can be reused: the cache
 format, the pytest-quant version, the installed versions of the quantization libraries, and the project's
-``[tool.pytest-quant]`` table and ``quant_*`` ini keys in ``pyproject.toml``. Model weights are not hashed:
-every cache entry checks its own files on each lookup, so a cache restored from an older key is harmless
-(stale entries are rebuilt). Imports no torch.
+``[tool.pytest-quant]`` table and ``quant_*`` ini keys in ``pyproject.toml``. Model weights are not hashed
+here: every cache entry is keyed by the sha256 of the weights and checks its own files on each lookup, so a
+cache restored from an older key is rebuilt where it is stale or damaged, not used. An entry forged whole,
+with a manifest to match, is as trusted as whoever could write the cache: key CI caches per trust boundary.
+Imports no torch.
 """
 
 from __future__ import annotations
