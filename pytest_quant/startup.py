@@ -100,8 +100,10 @@ def decode_memory_bytes(config: dict, batch: int, device: str, weights_bytes: in
     return weights_bytes + batch * (kv + prefill + vocab * 4)
 
 
-def decode_batch_problem(model_path: Path, batch: int, device: str, flag: str = "--quant-decode-batch") -> str | None:
-    """Why decode timing at ``batch`` cannot run for the model on ``device`` (None when it may)."""
+def decode_batch_problem(model_path: Path, batch: int, device: str, flag: str = "--quant-decode-batch",
+                         devices: tuple[str, ...] | None = None) -> str | None:
+    """Why decode timing at ``batch`` cannot run for the model on ``device`` (None when it may); ``devices``:
+    every GPU of a model spread over them (their memory is added up)."""
     from .backends.checkpoint import read_config
     from .hardware import device_memory_bytes
     from .qcache import WEIGHT_SUFFIXES
@@ -111,7 +113,8 @@ def decode_batch_problem(model_path: Path, batch: int, device: str, flag: str = 
         return None
     weights = sum(p.stat().st_size for p in Path(model_path).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
     need = decode_memory_bytes(read_config(model_path), batch, device, weights)
-    memory = device_memory_bytes(device)
+    sizes = [device_memory_bytes(d) for d in (devices or (device,))]
+    memory = None if None in sizes else sum(sizes)
     if need is None or memory is None:
         if batch > MAX_DECODE_BATCH:
             return f"{flag} {batch}: more than {MAX_DECODE_BATCH} sequences; give at most {MAX_DECODE_BATCH}"
@@ -121,13 +124,21 @@ def decode_batch_problem(model_path: Path, batch: int, device: str, flag: str = 
         fits = max(1, int((memory - weights) // per_sequence)) if memory > weights else 1
         return (f"{flag} {batch}: decoding {batch} sequences of {Path(model_path).name} needs at least "
                 f"{format_bytes(need)} (KV cache, activations and logits, estimated from its config.json) and "
-                f"{device} has {format_bytes(memory)}; give at most about {fits}")
+                f"{'+'.join(devices or (device,))} {'have' if devices and len(devices) > 1 else 'has'} "
+                f"{format_bytes(memory)}; give at most about {fits}")
     return None
 
 
 def check_decode_batch(options) -> None:
+    if int(options.decode_batch) <= 1:
+        return
+    devices = None
+    if getattr(options, "sharded", False):
+        from .hardware import visible_cuda_devices
+
+        devices = visible_cuda_devices()
     for model in options.models:
-        problem = decode_batch_problem(model.path, int(options.decode_batch), options.device)
+        problem = decode_batch_problem(model.path, int(options.decode_batch), options.device, devices=devices)
         if problem:
             raise pytest.UsageError(problem)
 

@@ -41,9 +41,10 @@ def test_a_name_registered_twice_names_both_sources() -> None:
     with pytest.raises(BackendError, match="backend 'bitsandbytes' is registered twice: by pytest-quant's built-in "
                                            "backends and by plugin 'conftest.py'; rename one of them"):
         registry.add(Backend("bitsandbytes", noop_load), "plugin 'conftest.py'")
-    with pytest.raises(BackendError, match="registered twice: by pytest-quant's built-in backends and by a plugin "
-                                           f"whose load is in module '{__name__}'"):
+    with pytest.raises(BackendError) as raised:
         registry.add(Backend("bitsandbytes", noop_load))
+    assert str(raised.value) == ("backend 'bitsandbytes' is registered twice: by pytest-quant's built-in backends and "
+                                 f"by a plugin whose load is defined in {__file__}; rename one of them")
 
 
 def test_add_from_hook_names_the_plugin_of_each_implementation(pytester: pytest.Pytester) -> None:
@@ -60,6 +61,24 @@ def pytest_quant_backends(config):
         registry.add_from_hook(config.hook.pytest_quant_backends, config=config)
     assert "registered twice: by pytest-quant's built-in backends and by plugin" in str(raised.value)
     assert "conftest.py" in str(raised.value)
+
+
+def test_a_collision_through_the_hook_names_the_conftest_at_start_up(pytester: pytest.Pytester) -> None:
+    # sweep case 34: "backend 'bitsandbytes' is registered twice" did not say who registered it
+    conftest = pytester.makeconftest("""
+from pytest_quant.backends import Backend
+
+def load(request):
+    raise AssertionError("not loaded")
+
+def pytest_quant_backends(config):
+    return [Backend("bitsandbytes", load)]
+""")
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--quant-recipes", "reference")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*backend 'bitsandbytes' is registered twice: by pytest-quant's built-in backends "
+                                 f"and by * {conftest}*; rename one of them"])
 
 
 def test_a_missing_lazy_module_is_a_usage_error_at_start_up(pytester: pytest.Pytester) -> None:

@@ -157,9 +157,15 @@ BUILTIN_SOURCE = "pytest-quant's built-in backends"
 
 
 def _origin(backend: "Backend") -> str:
-    """Where an entry's code lives, for a collision reported without the registering plugin's name."""
+    """Where an entry's code lives (the file defining its load, or the module a string names), for a collision
+    reported without the registering plugin's name."""
     load = backend.load
-    module = load.partition(":")[0] if isinstance(load, str) else getattr(load, "__module__", None)
+    if isinstance(load, str):
+        return f"a plugin whose load is in module {load.partition(':')[0]!r}"
+    code = getattr(load, "__code__", None) or getattr(getattr(load, "__call__", None), "__code__", None)
+    if code is not None:
+        return f"a plugin whose load is defined in {code.co_filename}"
+    module = getattr(load, "__module__", None)
     return f"a plugin whose load is in module {module!r}" if module else "a plugin"
 
 

@@ -126,7 +126,10 @@ def export_and_quantize(model_path: Path, settings: dict[str, Any], out_dir: Pat
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="export-", dir=out_dir.parent) as tmp:
+    from ..atomic import TMP_SUFFIX, writer_prefix
+
+    # named after this process, so that a later run removes it if this one is killed (atomic.remove_stale_temps)
+    with tempfile.TemporaryDirectory(prefix=writer_prefix("export"), suffix=TMP_SUFFIX, dir=out_dir.parent) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         large = export(model_path, fp32, settings["opset"], trust_remote_code)
         quantize_dynamic(
