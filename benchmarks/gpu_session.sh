@@ -9,12 +9,20 @@
 #                                          # with one worker against one per GPU (warm cache); the 1.1B shape spread
 #                                          # over every GPU with --quant-device auto
 # Results land under $OUT (the device tool brings them back).
+#   bash benchmarks/gpu_session.sh decode  # issue 19: GPU tests; 1.1B shape, cuda-graph against compiled decode
+#                                          # (reference, nf4), cold then warm inductor cache; the probe beside it
+#   bash benchmarks/gpu_session.sh decode2 # the same for torchao-int8wo and gptq-w4g128; every GPU recipe's resident
+#                                          # VRAM and release at the 1.1B shape (tests/test_gpu.py -m slow) as time allows
+# QUANT_TREE=DIR runs the project from DIR (an export of a commit, e.g. .gpu-head) instead of the working tree.
 set -uo pipefail
 OUT=${OUT:-/tmp/quant-out}; mkdir -p "$OUT"
+ROOT=$(pwd); TREE=${QUANT_TREE:-$ROOT}
+[ -d "$TREE/pytest_quant/models/tiny" ] || cp -r "$ROOT/pytest_quant/models/tiny" "$TREE/pytest_quant/models/"
 rm -rf /tmp/site
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$ROOT"/.whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site "$TREE" || exit 1
 export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+cd "$TREE" || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)" | tee -a "$OUT/machine.txt"
 
@@ -42,6 +50,32 @@ PY
 }
 
 case "${1:-scale}" in
+decode|decode2)
+  s0=$(date +%s)
+  python3 -m compileall -q -j 16 /tmp/site > /dev/null 2>&1  # imports in every child process: compile them once
+  echo "compileall $(( $(date +%s) - s0 )) s" | tee -a "$OUT/machine.txt"
+  if [ "$1" = decode ]; then
+    timeout 220 python3 -m pytest tests/test_gpu.py tests/test_measure_decode.py tests/test_measure_vram.py -q -s \
+      -p no:cacheprovider --quant-gpu -W ignore::FutureWarning 2>&1 | grep -v "^W1201" > "$OUT/gpu-tests.log"
+    grep -E "OOM set-up|passed|failed|Error|error" "$OUT/gpu-tests.log" | tail -25
+    recipes=reference,bnb-nf4
+  else
+    recipes=torchao-int8wo,gptq-w4g128
+  fi
+  [ "$1" = decode ] && budget=230 || budget=430
+  timeout "$budget" python3 benchmarks/bench_decode_modes.py --recipes "$recipes" --inductor-dir /tmp/inductor \
+    --json "$OUT/modes-$1.json" 2>&1 | grep -v "^{\|^W1201" | tail -20 | tee "$OUT/modes-$1.log"
+  if [ "$1" = decode ]; then  # the independent probe, its decode graph from the same inductor cache
+    TORCHINDUCTOR_CACHE_DIR=/tmp/inductor TRITON_CACHE_DIR=/tmp/inductor/triton timeout 90 python3 \
+      benchmarks/probe_compiled_decode.py --recipes bf16 --modes compiled+graph --json "$OUT/probe.json" \
+      2>&1 | grep -v "^W1201" | tail -6 | tee "$OUT/probe.log"
+  else
+    left=$(( 560 - $(date +%s) + s0 ))
+    [ "$left" -gt 60 ] && timeout "$left" python3 -m pytest tests/test_gpu.py -m slow -q -s -p no:cacheprovider \
+      --quant-gpu -W ignore::FutureWarning -k "modelopt-fp8 or reference or bnb-nf4 or bnb-int8 or torchao" \
+      2>&1 | grep -E "resident|passed|failed|Error" | tail -30 | tee "$OUT/vram-1b.log"
+  fi
+  ;;
 workers)
   python3 -m pytest tests/test_gpu_workers.py tests/test_workers.py -q -p no:cacheprovider 2>&1 | tail -15 \
     | tee "$OUT/workers-tests.log"
