@@ -167,12 +167,7 @@ def quant_recipe(quant_pair: Pair):
 def quant_model(quant_pair: Pair, request: pytest.FixtureRequest):
     """The model loaded under the current recipe, once per session; released before the next loads."""
     quant: QuantSession = request.config.stash[SESSION_KEY]
-    try:
-        qm = quant.open(quant_pair)
-    except Exception:
-        # what was found before the failure (names, load time), so that the pair has its FAIL row in the summary
-        request.node.user_properties.extend(properties(quant.ledger.known(quant_pair)))
-        raise
+    qm = quant.open(quant_pair)
     yield qm
     quant.close(qm)
 
@@ -245,6 +240,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """A violated gate is reported under its own status with its one-line reasons (not a traceback), and the
     figures beside it; under xfail it is an expected failure like any failing assert."""
     report: pytest.TestReport = yield
+    pair = getattr(getattr(item, "callspec", None), "params", {}).get("quant_pair")
+    if call.when == "setup" and report.failed and isinstance(pair, Pair) and not report.user_properties:
+        # loading failed: what is known of the pair (names, what the backend said) keeps its FAIL row in the summary
+        report.user_properties.extend(properties(item.config.stash[SESSION_KEY].ledger.known(pair)))
     verdict = item.stash.get(VERDICT_KEY, None)
     if call.when != "call" or verdict is None or not verdict.violations:
         return report

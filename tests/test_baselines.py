@@ -7,6 +7,7 @@ deterministic there, so a baseline edited by a known amount is just above or jus
 from __future__ import annotations
 
 import json
+import os
 import math
 import re
 import subprocess
@@ -530,3 +531,63 @@ def test_a_baseline_of_another_evaluation_batch_is_not_compared() -> None:
     # a baseline from before the batch was recorded was evaluated 8 windows a batch, as every run then was
     older = {k: v for k, v in then.items() if k != "batch_windows"}
     assert compare(json.loads(dumps(_baseline(then))), dumps(_baseline(older)), {"perplexity": 0.05}).matches(False)
+
+
+def test_a_refresh_deletes_no_baseline_of_a_module_skipped_at_collection_nor_a_users_file(
+        run_quant, pytester: pytest.Pytester) -> None:
+    site = pytester.path / SITE
+    site.mkdir(parents=True)
+    skipped = site / "test_needs_lib[tiny-reference].json"  # the baseline of a module this runner cannot import
+    skipped.write_text(dumps(record({"perplexity": 1.0})))
+    notes = site / "NOTES.json"  # a user's file, not a baseline
+    notes.write_text('{"why": "recorded on the release branch"}\n')
+    pytester.makepyfile(test_needs_lib="import pytest\npytest.importorskip('no_such_library')\n")
+    result = run_quant(GATED, *REFERENCE, "--snapshot-update")
+    result.assert_outcomes(passed=1, skipped=1)
+    assert "deleted" not in result.stdout.str().lower().replace("no baseline was called unused or deleted", "")
+    result.stdout.fnmatch_lines(["*no baseline was called unused or deleted: test_needs_lib.py skipped or failed at "
+                                 "collection*"])
+    assert skipped.exists() and notes.exists()
+    # without the skipped module the orphan is unused and goes; the user's file never does
+    (pytester.path / "test_needs_lib.py").unlink()
+    result = run_quant(GATED, *REFERENCE, "--snapshot-update")
+    result.stdout.fnmatch_lines(["*1 unused snapshot deleted*"])
+    assert not skipped.exists() and notes.exists()
+
+
+def test_a_new_gpu_kind_gates_quality_against_another_kinds_baseline(tmp_path: Path) -> None:
+    from pytest_quant.baselines.gate import _without_own_baseline
+    from pytest_quant.measure.quality import QualityMeasurement
+    from pytest_quant.measure.vram import VramMeasurement
+    from pytest_quant.metrics import Measurements
+
+    root = tmp_path / "baselines"
+    older, newer = root / "tiny" / "nvidia-a100", root / "tiny" / "nvidia-h100-80gb-hbm3"
+    for folder, perplexity in ((older, 100.0), (newer, 108.7)):
+        folder.mkdir(parents=True)
+        (folder / "test_q[tiny-nf4].json").write_text(dumps(record({"perplexity": perplexity,
+                                                                     "vram_resident_bytes": 1000}, recipe="nf4")))
+    os.utime(older / "test_q[tiny-nf4].json", (1, 1))  # the H100's is the newest
+    settings = BaselineSettings(root=root, device="cuda:0", rootpath=tmp_path, eval_text=Path("e"),
+                                recipes=frozenset({"nf4"}), _hardware="nvidia-h200", _environment={"versions": {}})
+    quality = QualityMeasurement(108.72, 4.69, 1024, 2, 512, 512, 0.01, 0.1, 95.0, 1.0)
+    m = Measurements("tiny", "nf4", "cuda:0", quality=quality, vram=VramMeasurement("cuda:0", 999, 999, 1200))
+    received = record({"perplexity": 108.72, "vram_resident_bytes": 999}, recipe="nf4", device="cuda:0")
+    path = root / "tiny" / "nvidia-h200" / "test_q[tiny-nf4].json"
+    result = _without_own_baseline(settings, m, {"perplexity": 0.05, "vram_resident_bytes": 0.05}, received, path,
+                                   "perplexity_delta")
+    assert result.baseline_from == "nvidia-h100-80gb-hbm3"
+    (violation,) = result.violations  # quality passed against the H100's; memory has no H200 baseline
+    assert violation.reason.startswith("vram_resident_bytes: no baseline for tiny/nvidia-h200: speed and memory are "
+                                       "recorded per GPU kind; record this kind's with --snapshot-update")
+    assert result.missing == settings.missing_line("tiny")
+    # the ini names the kind to use: the A100's perplexity of 100 is 8.72 away
+    named = BaselineSettings(**{**settings.__dict__, "fallback_hardware": "nvidia-a100"})
+    result = _without_own_baseline(named, m, {"perplexity": 0.05}, received, path, "perplexity_delta")
+    assert result.baseline_from == "nvidia-a100" and "perplexity 108.7200 above baseline 100.0000" in \
+        result.violations[0].reason
+    # a kind with no baseline anywhere: quality fails too, with the same line
+    lonely = BaselineSettings(**{**settings.__dict__, "root": tmp_path / "none"})
+    alone = tmp_path / "none" / "tiny" / "nvidia-h200" / path.name
+    result = _without_own_baseline(lonely, m, {"perplexity": 0.05}, received, alone, "perplexity_delta")
+    assert "no other GPU kind has this test's baseline either" in result.violations[0].reason

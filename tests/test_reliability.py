@@ -365,19 +365,3 @@ def test_b(quant_model):
     result.stdout.fnmatch_lines(["*pytest-quant summary (interrupted)*", "tiny*reference*interrupted"])
     (row,) = json.loads((pytester.path / "r.json").read_text())["results"]
     assert row["result"] == "interrupted"
-
-
-# -- faults: a model kept after release (the GPU run is in tests/test_gpu.py) -------------------------------
-
-KEPT: object = None
-
-
-def test_holders_names_a_module_global_that_keeps_an_object() -> None:
-    from pytest_quant.run.live import holders
-
-    global KEPT
-    KEPT = object.__new__(type("Model", (), {}))
-    try:
-        assert holders(KEPT) == [f"{__name__}.KEPT"]
-    finally:
-        KEPT = None
