@@ -15,6 +15,7 @@ from typing import Any, Callable
 import pytest
 
 from .hardware import is_cuda
+from .measure.reference import DEFAULT_TOP_K  # its one place: measured in benchmarks/bench_compact_kl.py
 from .models import EMBEDDED, ModelSource, embedded_eval_text, resolve_model
 
 def parse_device(value: str) -> str:
@@ -51,7 +52,6 @@ def parse_whole(flag: str, value: str, minimum: int) -> int:
     return n
 
 
-DEFAULT_TOP_K = 256  # pytest_quant.measure.reference.DEFAULT_TOP_K: measured in benchmarks/bench_compact_kl.py
 
 
 def parse_top_k_option(value: str) -> int | str:

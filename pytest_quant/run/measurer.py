@@ -120,9 +120,9 @@ class Measurer:
                                              reference=None if reference is None else reference.kept)
         _check_finite(pair.id, scores.logprob_target, windows.tokens_scored)
         stats = _stats(scores, pair.recipe.is_reference)
-        if pair.recipe.is_reference:
-            # against itself: zero divergence and full agreement, by definition (the statistics say the same)
-            quality = dataclasses.replace(quality, mean_kl_nats=0.0, p99_kl_nats=0.0, top1_agreement_percent=100.0)
+        if pair.recipe.is_reference:  # against itself: its statistics say zero divergence and full agreement
+            quality = dataclasses.replace(quality, mean_kl_nats=stats.mean_kl_nats, p99_kl_nats=stats.p99_kl_nats,
+                                          top1_agreement_percent=stats.top1_agreement_percent)
         self._ledger.record(pair, quality=quality, stats=stats)  # only the statistics, never per-token arrays
         kl = f", mean KL {quality.mean_kl_nats:.5f} nats" if quality.mean_kl_nats is not None else ""
         self._progress(f"{pair.id}: perplexity {quality.perplexity:.3f}{kl} ({quality.seconds:.1f} s)")
