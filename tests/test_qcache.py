@@ -356,3 +356,53 @@ def test_a_killed_builders_staging_folder_is_removed_by_the_next_build(tmp_path:
     os.utime(live, (old, old))
     qcache.build(tmp_path, key, INPUTS, lambda staged: {"written": (staged / "a.bin").write_bytes(b"1")})
     assert not left.exists() and live.is_dir()
+
+
+STALE_REFERENCE_TEST = """
+import pytest
+
+@pytest.mark.perplexity_delta(max_rel=0.05)
+def test_q(quant_model):
+    pass
+"""
+
+
+def negate_second_half(weights: Path) -> None:
+    """Other weights of the same size: the fp16 values of the second half of the tensors negated."""
+    import struct
+
+    data = bytearray(weights.read_bytes())
+    start = 8 + struct.unpack("<Q", data[:8])[0]
+    for i in range(start + (len(data) - start) // 2 + 1, len(data), 2):
+        data[i] ^= 0x80
+    weights.write_bytes(bytes(data))
+
+
+def test_weights_replaced_in_place_are_not_scored_against_the_old_reference(pytester: pytest.Pytester) -> None:
+    # issue 20 item 2 (sweep case 10): new weights of the same size and mtime reused the cached reference
+    # ("reference figures from the cache; not loaded") and gave a wrong delta and verdict
+    import shutil
+
+    from pytest_quant.models import TINY_DIR
+
+    model = pytester.path / "model"
+    model.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TINY_DIR / name, model / name)
+    weights = model / "model.safetensors"
+    stamp = 1_577_836_800_000_000_000  # 2020-01-01, as tar x / cp -p / rsync -a keep an old mtime
+    os.utime(weights, ns=(stamp, stamp))
+    pytester.makepyfile(STALE_REFERENCE_TEST)
+    args = ("-p", "no:cacheprovider", "-s", "--quant-eval-tokens", "256", f"--quant-model={model}",
+            "--quant-cache-dir=cache")
+    assert pytester.runpytest_subprocess(*args, "--quant-recipes=reference,bnb-nf4").ret == 0
+    time.sleep(2.1)  # past qcache.RACY_WINDOW_NS: the weights' hash is remembered now
+    again = pytester.runpytest_subprocess(*args, "--quant-recipes=bnb-nf4")
+    assert again.ret == 0 and "reference figures from the cache" in again.stdout.str()  # memo and cache in use
+    negate_second_half(weights)
+    os.utime(weights, ns=(stamp, stamp))
+    changed = pytester.runpytest_subprocess(*args, "--quant-recipes=bnb-nf4")
+    # before: "reference figures from the cache", then QUANT GATE "perplexity ... over reference 148.114", exit 1
+    assert "reference figures from the cache" not in changed.stdout.str()
+    assert changed.ret == 0, changed.stdout.str()
+    changed.stdout.fnmatch_lines(["*loading model under reference*"])
