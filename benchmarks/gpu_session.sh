@@ -11,8 +11,9 @@
 # Results land under $OUT (the device tool brings them back).
 #   bash benchmarks/gpu_session.sh decode  # issue 19: GPU tests; 1.1B shape, cuda-graph against compiled decode
 #                                          # (reference, nf4), cold then warm inductor cache; the probe beside it
-#   bash benchmarks/gpu_session.sh decode2 # the same for torchao-int8wo and gptq-w4g128; every GPU recipe's resident
-#                                          # VRAM and release at the 1.1B shape (tests/test_gpu.py -m slow) as time allows
+#   bash benchmarks/gpu_session.sh decode2 # the same for torchao-int8wo and gptq-w4g128; the compiled step's agreement;
+#                                          # resident VRAM and release at 1.1B for modelopt-fp8, bnb-int8, torchao-fp8
+#   bash benchmarks/gpu_session.sh decode3 # the plugin's compiled reference beside the independent probe
 # QUANT_TREE=DIR runs the project from DIR (an export of a commit, e.g. .gpu-head) instead of the working tree.
 set -uo pipefail
 OUT=${OUT:-/tmp/quant-out}; mkdir -p "$OUT"
@@ -50,30 +51,30 @@ PY
 }
 
 case "${1:-scale}" in
-decode|decode2)
+decode|decode2|decode3)
   s0=$(date +%s)
   python3 -m compileall -q -j 16 /tmp/site > /dev/null 2>&1  # imports in every child process: compile them once
   echo "compileall $(( $(date +%s) - s0 )) s" | tee -a "$OUT/machine.txt"
-  if [ "$1" = decode ]; then
+  case "$1" in
+  decode)  # the GPU tests, then the reference and nf4 in both modes, cold and warm
     timeout 220 python3 -m pytest tests/test_gpu.py tests/test_measure_decode.py tests/test_measure_vram.py -q -s \
       -p no:cacheprovider --quant-gpu -W ignore::FutureWarning 2>&1 | grep -v "^W1201" > "$OUT/gpu-tests.log"
     grep -E "OOM set-up|passed|failed|Error|error" "$OUT/gpu-tests.log" | tail -25
-    recipes=reference,bnb-nf4
-  else
-    recipes=torchao-int8wo,gptq-w4g128
-  fi
-  [ "$1" = decode ] && budget=230 || budget=430
-  timeout "$budget" python3 benchmarks/bench_decode_modes.py --recipes "$recipes" --inductor-dir /tmp/inductor \
-    --json "$OUT/modes-$1.json" 2>&1 | grep -v "^{\|^W1201" | tail -20 | tee "$OUT/modes-$1.log"
-  if [ "$1" = decode ]; then  # the independent probe, its decode graph from the same inductor cache
-    TORCHINDUCTOR_CACHE_DIR=/tmp/inductor TRITON_CACHE_DIR=/tmp/inductor/triton timeout 90 python3 \
-      benchmarks/probe_compiled_decode.py --recipes bf16 --modes compiled+graph --json "$OUT/probe.json" \
-      2>&1 | grep -v "^W1201" | tail -6 | tee "$OUT/probe.log"
-  else
-    left=$(( 560 - $(date +%s) + s0 ))
-    [ "$left" -gt 60 ] && timeout "$left" python3 -m pytest tests/test_gpu.py -m slow -q -s -p no:cacheprovider \
-      --quant-gpu -W ignore::FutureWarning -k "modelopt-fp8 or reference or bnb-nf4 or bnb-int8 or torchao" \
-      2>&1 | grep -E "resident|passed|failed|Error" | tail -30 | tee "$OUT/vram-1b.log"
+    recipes=reference,bnb-nf4 passes=cold,warm budget=230 ;;
+  decode2)  # the compiled step's agreement; resident VRAM at 1.1B for the recipes not in the benchmark; int8wo, gptq
+    timeout 150 python3 -m pytest tests/test_gpu.py -m "slow or not slow" -q -s -p no:cacheprovider --quant-gpu \
+      -W ignore::FutureWarning -k "compiled_step_agrees or (holds_its_model and (modelopt-fp8 or bnb-int8 or torchao-fp8))" \
+      2>&1 | grep -v "^W1201" > "$OUT/gpu-tests-2.log"
+    grep -E "StepAgreement|resident|passed|failed|Error" "$OUT/gpu-tests-2.log" | tail -20
+    recipes=torchao-int8wo,gptq-w4g128 passes=cold,warm budget=400 ;;
+  decode3)  # the plugin's compiled reference and the independent probe in one run
+    recipes=reference passes=cold budget=120 ;;
+  esac
+  timeout "$budget" python3 benchmarks/bench_decode_modes.py --recipes "$recipes" --passes "$passes" \
+    --inductor-dir /tmp/inductor --json "$OUT/modes-$1.json" 2>&1 | grep -v "^{\|^W1201" | tail -20 | tee "$OUT/modes-$1.log"
+  if [ "$1" = decode3 ]; then
+    timeout 240 python3 benchmarks/probe_compiled_decode.py --recipes bf16 --modes compiled+graph \
+      --json "$OUT/probe.json" 2>&1 | grep -v "^W1201" | tail -6 | tee "$OUT/probe.log"
   fi
   ;;
 workers)
