@@ -62,11 +62,11 @@ decode|decode2|decode3)
     grep -E "OOM set-up|passed|failed|Error|error" "$OUT/gpu-tests.log" | tail -25
     recipes=reference,bnb-nf4 passes=cold,warm budget=230 ;;
   decode2)  # the compiled step's agreement; resident VRAM at 1.1B for the recipes not in the benchmark; int8wo, gptq
-    timeout 150 python3 -m pytest tests/test_gpu.py -m "slow or not slow" -q -s -p no:cacheprovider --quant-gpu \
+    timeout 130 python3 -m pytest tests/test_gpu.py -m "slow or not slow" -q -s -p no:cacheprovider --quant-gpu \
       -W ignore::FutureWarning -k "compiled_step_agrees or (holds_its_model and (modelopt-fp8 or bnb-int8 or torchao-fp8))" \
       2>&1 | grep -v "^W1201" > "$OUT/gpu-tests-2.log"
     grep -E "StepAgreement|resident|passed|failed|Error" "$OUT/gpu-tests-2.log" | tail -20
-    recipes=torchao-int8wo,gptq-w4g128 passes=cold,warm budget=400 ;;
+    recipes=torchao-int8wo,gptq-w4g128 passes=cold,warm budget=350 ;;
   decode3)  # the plugin's compiled reference and the independent probe in one run
     recipes=reference passes=cold budget=120 ;;
   esac
