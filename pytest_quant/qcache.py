@@ -2,14 +2,11 @@
 
 An entry is a folder ``<root>/<key>/`` holding the saved model and ``MANIFEST``: the key's inputs (model
 file hashes, recipe, calibration digest, library versions) and the size and sha256 of every file in it.
-An entry is built in a temporary sibling folder and renamed into place, so a reader never sees half of
-one; on every lookup the files are hashed again, and an entry whose manifest or files do not match (a file
-missing, changed, added or a symbolic link) is reported (and rebuilt by the caller, with a warning saying
-why). Builders of one key are serialised with a lock file, so parallel workers (pytest-xdist) quantize once.
-Nothing inside the cache is followed through a symbolic link. Imports no torch.
-
-The manifest's hashes catch an entry that is truncated, damaged or edited in part; an entry forged whole,
-with a manifest to match, is as trusted as whoever can write the cache folder.
+It is built in a temporary sibling folder and renamed into place, so a reader never sees half of one; on
+every lookup the files are hashed again, and an entry whose files do not match (missing, changed, added, a
+symbolic link) is rebuilt with a warning saying why. Builders of one key take turns on a lock file (xdist
+workers quantize once). No link inside the cache is followed. Imports no torch. The hashes catch an entry
+damaged or edited in part; one forged whole, manifest included, is as trusted as who can write the cache.
 """
 
 from __future__ import annotations
@@ -80,29 +77,20 @@ def model_files(model_path: Path) -> list[Path]:
     Notes, readmes and texts beside them are left out, so editing those does not throw the cache away;
     the tokenizer counts through the calibration tokens it produces.
     """
-    return sorted(
-        p
-        for p in Path(model_path).iterdir()
-        if p.is_file()
-        and (p.name == "config.json" or p.name.endswith(WEIGHT_SUFFIXES) or p.name.endswith(".index.json"))
-    )
+    return sorted(p for p in Path(model_path).iterdir() if p.is_file() and (
+        p.name == "config.json" or p.name.endswith(WEIGHT_SUFFIXES) or p.name.endswith(".index.json")))
 
 
 def file_stamp(st: os.stat_result) -> list[int]:
-    """What proves a file unchanged since it was hashed: its inode (device and number), size, mtime and
-    ctime. ``cp -p``, ``tar x`` and ``rsync -a`` keep size and mtime, and ``touch -d`` sets mtime, but none of
-    them can set ctime, which the kernel sets to the current time on every write or metadata change."""
+    """What proves a file unchanged since it was hashed: inode, size, mtime and ctime. ``cp -p``, ``tar x`` and
+    ``rsync -a`` keep size and mtime, but no one sets ctime: the kernel does, on every write or chmod/touch."""
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def model_fingerprint(model_path: Path, memo_dir: Path | None = None) -> dict[str, str]:
-    """``{file name: sha256}`` for a model folder: the content hash of every file ``model_files`` lists.
-
-    Hashing a multi-gigabyte checkpoint takes seconds, so hashes are remembered in ``memo_dir`` against
-    each file's ``file_stamp`` (inode, size, mtime and ctime): a file rewritten, replaced or copied over
-    (even with its old size and mtime) has another ctime or inode and is hashed again. A hash taken within
-    ``RACY_WINDOW_NS`` of the file's last change is not remembered.
-    """
+    """``{file name: sha256}`` of the files ``model_files`` lists. Hashes are remembered in ``memo_dir`` against
+    each file's ``file_stamp``: a file rewritten, replaced or copied over (keeping its size and mtime) is hashed
+    again; a hash taken within ``RACY_WINDOW_NS`` of the file's last change is not remembered."""
     memo_file = Path(memo_dir) / HASH_MEMO if memo_dir is not None else None
     memo: dict[str, Any] = {}
     if memo_file is not None and not memo_file.is_symlink():
@@ -127,8 +115,7 @@ def model_fingerprint(model_path: Path, memo_dir: Path | None = None) -> dict[st
             if after == stamp and started_ns - stamp[4] > RACY_WINDOW_NS:
                 memo[key] = {"stamp": stamp, "sha256": digest}
                 changed = True
-            elif key in memo:
-                del memo[key]
+            elif memo.pop(key, None) is not None:
                 changed = True
         fingerprint[path.name] = digest
     if memo_file is not None and changed:
@@ -207,8 +194,7 @@ def verify(path: Path, key: str, inputs: Mapping[str, Any]) -> str | None:
     if extra:
         return f"{extra[0]} is not listed in the manifest"
     for name, expected in sorted(files.items()):
-        if not isinstance(expected, dict):
-            return f"manifest entry of {name} is not an object"
+        expected = expected if isinstance(expected, dict) else {}
         if name not in present:
             return f"{name} is missing"
         file = path / name
@@ -221,8 +207,8 @@ def verify(path: Path, key: str, inputs: Mapping[str, Any]) -> str | None:
 
 
 def staging_dir(root: Path, key: str) -> Path:
-    """A fresh temporary folder beside the entry, to build it in (same filesystem, so rename is atomic); its
-    name carries this host and pid, so that a killed builder's folder is removed by a later run."""
+    """A fresh folder beside the entry to build it in (one filesystem: the rename is atomic), named after this
+    host and pid so that a later run removes it if this one is killed."""
     check_root(root)
     return Path(tempfile.mkdtemp(prefix=writer_prefix(f"staging-{key[:12]}"), dir=root))
 
@@ -236,14 +222,8 @@ def publish(root: Path, key: str, staged: Path, inputs: Mapping[str, Any], info:
     files = {name: {"size": (staged / name).stat().st_size, "sha256": file_sha256(staged / name)} for name in names}
     if not files:
         raise ValueError(f"cache entry {key}: nothing was written to {staged}")
-    manifest = {
-        "format": FORMAT,
-        "key": key,
-        "inputs": json.loads(_canonical(inputs)),
-        "files": files,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **({"info": dict(info)} if info else {}),
-    }
+    manifest = {"format": FORMAT, "key": key, "inputs": json.loads(_canonical(inputs)), "files": files,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **({"info": dict(info)} if info else {})}
     (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     final = Path(root) / key
     if os.path.lexists(final):
@@ -257,16 +237,11 @@ def discard(path: Path) -> None:
     link is removed itself; what it points at is never touched."""
     path = Path(path)
     if path.is_symlink():
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        return
+        return path.unlink(missing_ok=True)
     aside = path.with_name(f".trash-{path.name}-{os.getpid()}-{time.monotonic_ns()}")
     with contextlib.suppress(FileNotFoundError):
         os.replace(path, aside)
-        if aside.is_dir():
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            aside.unlink()
+        shutil.rmtree(aside, ignore_errors=True) if aside.is_dir() else aside.unlink()
 
 
 @contextlib.contextmanager
@@ -282,12 +257,9 @@ def locked(root: Path, key: str) -> Iterator[None]:
     fd = open_lock_file(Path(root) / f".{key}.lock")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield
     finally:
-        os.close(fd)
+        os.close(fd)  # releases the lock
 
 
 def _canonical(value: Any) -> str:
@@ -307,9 +279,8 @@ class Built:
 
 def build(root: Path, key: str, inputs: Mapping[str, Any], make: "Callable[[Path], Mapping[str, Any]]") -> Built:
     """The entry for ``key`` under ``root``: reused when valid, else made by ``make(staging folder) -> info``
-    and published; one process builds while others wait on the lock; a failed build leaves nothing behind.
-    An entry found damaged or stale is rebuilt with a ``CacheWarning`` saying why; a dead builder's staging
-    folders and temporary files under ``root`` are removed first."""
+    and published (one process builds, others wait on the lock; a failed build leaves nothing behind). A
+    damaged or stale entry is rebuilt with a ``CacheWarning`` saying why; dead builders' leftovers go first."""
     with locked(root, key):
         remove_stale_temps(root)
         found = lookup(root, key, inputs)

@@ -104,7 +104,7 @@ def decode_batch_problem(model_path: Path, batch: int, device: str, flag: str = 
                          devices: tuple[str, ...] | None = None) -> str | None:
     """Why decode timing at ``batch`` cannot run for the model on ``device`` (None when it may); ``devices``:
     every GPU of a model spread over them (their memory is added up)."""
-    from .backends.checkpoint import read_config
+    from .models import read_config
     from .hardware import device_memory_bytes
     from .qcache import WEIGHT_SUFFIXES
     from .units import format_bytes

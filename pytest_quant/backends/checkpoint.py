@@ -6,28 +6,14 @@ import json
 import warnings
 from pathlib import Path
 
+from ..models import read_config  # noqa: F401 - kept importable from here too
+
 # What loading a pre-quantized checkpoint of each method needs installed (import names).
 REQUIRES_BY_METHOD: dict[str, tuple[str, ...]] = {
     "gptq": ("gptqmodel", "optimum"),
     "awq": ("gptqmodel",),
     "bitsandbytes": ("bitsandbytes",),
 }
-
-
-def read_config(model_path: Path) -> dict:
-    """config.json of a model folder, or ValueError naming the file and what is wrong."""
-    config_file = Path(model_path) / "config.json"
-    try:
-        text = config_file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"{config_file}: cannot read the model config ({exc.strerror or exc})") from exc
-    try:
-        config = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"{config_file}: not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_file}: expected a JSON object, found {type(config).__name__}")
-    return config
 
 
 def quantization_method(model_path: Path) -> str | None:

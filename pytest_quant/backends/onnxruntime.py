@@ -32,10 +32,8 @@ MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_BYTES = 1 << 30  # above this the fp32 export no longer fits one protobuf comfortably
 
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "ort-dynamic-int8": (
-        "ONNX Runtime dynamic int8 (quantize_dynamic, QInt8 weights, per tensor) on CPU",
-        {"weight_type": "QInt8"},
-    ),
+    "ort-dynamic-int8": ("ONNX Runtime dynamic int8 (quantize_dynamic, QInt8 weights, per tensor) on CPU",
+                         {"weight_type": "QInt8"}),
 }
 
 
@@ -91,15 +89,9 @@ def load(request) -> Loaded:
     model = OrtCausalLM(folder, request.model_path, settings.get("intra_op_threads") or 0, trust_remote_code=trust)
     notes["footprint_bytes"] = model.get_memory_footprint()
     notes["session_rss_bytes"] = model.session_rss_bytes
-    return Loaded(
-        model,
-        load_tokenizer(request.model_path, trust_remote_code=trust),
-        "float32",
-        kernel="onnxruntime:" + ",".join(model.quantized_ops) if model.quantized_ops else "onnxruntime",
-        quantize_seconds=seconds,
-        cache=cache,
-        notes=notes,
-    )
+    kernel = "onnxruntime:" + ",".join(model.quantized_ops) if model.quantized_ops else "onnxruntime"
+    return Loaded(model, load_tokenizer(request.model_path, trust_remote_code=trust), "float32", kernel=kernel,
+                  quantize_seconds=seconds, cache=cache, notes=notes)
 
 
 def cache_inputs(model_path: Path, settings: dict[str, Any], root: Path) -> dict[str, Any]:
@@ -123,23 +115,18 @@ def export_and_quantize(model_path: Path, settings: dict[str, Any], out_dir: Pat
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from ..atomic import TMP_SUFFIX, writer_prefix
+
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from ..atomic import TMP_SUFFIX, writer_prefix
-
     # named after this process, so that a later run removes it if this one is killed (atomic.remove_stale_temps)
     with tempfile.TemporaryDirectory(prefix=writer_prefix("export"), suffix=TMP_SUFFIX, dir=out_dir.parent) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         large = export(model_path, fp32, settings["opset"], trust_remote_code)
-        quantize_dynamic(
-            fp32,
-            out_dir / MODEL_FILE,
-            weight_type=getattr(QuantType, settings["weight_type"]),
-            per_channel=settings["per_channel"],
-            reduce_range=settings["reduce_range"],
-            use_external_data_format=large,
-        )
+        quantize_dynamic(fp32, out_dir / MODEL_FILE, weight_type=getattr(QuantType, settings["weight_type"]),
+                         per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
+                         use_external_data_format=large)
     return time.perf_counter() - start
 
 
@@ -164,16 +151,11 @@ def export(model_path: Path, out_file: Path, opset: int, trust_remote_code: bool
     large = sum(x.numel() * x.element_size() for x in model.parameters()) > EXTERNAL_DATA_BYTES
     with torch.no_grad():
         torch.onnx.export(
-            _flat_cache(model, layers),
-            (input_ids, mask, positions, *past),
-            str(out_file),
+            _flat_cache_class()(model, layers), (input_ids, mask, positions, *past), str(out_file),
             input_names=["input_ids", "attention_mask", "position_ids", *_cache_names("past", layers)],
             output_names=["logits", *_cache_names("present", layers)],
             dynamic_shapes=({0: b, 1: s}, {0: b, 1: t}, {0: b, 1: s}, tuple({0: b, 2: p} for _ in past)),
-            opset_version=opset,
-            dynamo=True,
-            external_data=large,
-        )
+            opset_version=opset, dynamo=True, external_data=large)
     del model
     return large
 
@@ -198,23 +180,11 @@ def _flat_cache_class():
             cache = DynamicCache()
             for i in range(self.layers):
                 cache.update(past[2 * i], past[2 * i + 1], i)
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            present = []
-            for layer in out.past_key_values.layers:
-                present += [layer.keys, layer.values]
-            return (out.logits, *present)
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=cache, use_cache=True)
+            return (out.logits, *(t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)))
 
     return FlatCache
-
-
-def _flat_cache(model, layers: int):
-    return _flat_cache_class()(model, layers)
 
 
 # -- the session, shaped like a transformers model -----------------------------------------------------

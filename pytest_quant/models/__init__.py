@@ -1,7 +1,9 @@
-"""The embedded default model and texts, and resolution of ``--quant-model`` values."""
+"""The embedded default model and texts, resolution of ``--quant-model`` values, and what a model folder holds
+(its config, weights, tokenizer files, shipped code, context and chat template), read without torch."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,22 @@ def embedded_calibration_text() -> Path:
     return TINY_DIR / "calibration.txt"
 
 
+def read_config(model_path: Path) -> dict:
+    """config.json of a model folder, or ValueError naming the file and what is wrong."""
+    config_file = Path(model_path) / "config.json"
+    try:
+        text = config_file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{config_file}: cannot read the model config ({exc.strerror or exc})") from exc
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{config_file}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file}: expected a JSON object, found {type(config).__name__}")
+    return config
+
+
 def resolve_model(value: str) -> ModelSource:
     """``tiny`` or a local folder holding a transformers ``config.json``."""
     if value in EMBEDDED:
@@ -42,7 +60,6 @@ def resolve_model(value: str) -> ModelSource:
         )
     if not (path / "config.json").is_file():
         raise ValueError(f"--quant-model {value!r}: {path} has no config.json, so it is not a transformers model folder")
-    from ..backends.checkpoint import read_config
     from ..qcache import WEIGHT_SUFFIXES
 
     try:
@@ -103,8 +120,6 @@ def tokenizer_problem(path: Path) -> str | None:
 def remote_code_files(path: Path) -> list[str]:
     """``file (what)`` for every file of a model folder that makes transformers run the folder's own code: an
     ``auto_map`` in config.json, tokenizer_config.json or a processor config."""
-    import json
-
     found = []
     for name in CODE_MAP_FILES:
         file = Path(path) / name
@@ -124,8 +139,6 @@ def remote_code_files(path: Path) -> list[str]:
 def context_length(path: Path) -> int | None:
     """The model's context in tokens: ``max_position_embeddings`` of config.json (or its text_config, or the
     older names n_positions / max_sequence_length / seq_length); None when it declares none."""
-    from ..backends.checkpoint import read_config
-
     config = read_config(path)
     for section in (config, config.get("text_config") if isinstance(config.get("text_config"), dict) else {}):
         for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
@@ -138,8 +151,6 @@ def context_length(path: Path) -> int | None:
 def has_chat_template(path: Path) -> bool:
     """Whether the folder's tokenizer carries a chat template (tokenizer_config.json's ``chat_template``, or a
     chat_template.jinja / chat_template.json file beside it)."""
-    import json
-
     folder = Path(path)
     if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
         return True
