@@ -54,9 +54,7 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(problem)
     registry = Registry(BUILTIN_BACKENDS)
     try:
-        for added in config.hook.pytest_quant_backends(config=config):
-            for backend in added or ():
-                registry.add(backend)
+        registry.add_from_hook(config.hook.pytest_quant_backends, config=config)  # a collision names both plugins
         recipes, notes = available_recipes(config.rootpath / "pyproject.toml", registry, options)
     except (RecipeError, TypeError, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None

@@ -78,7 +78,7 @@ def pytest_quant_backends(config):
     result = pytester.runpytest("-p", "no:cacheprovider", "--quant-recipes", "reference")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*backend 'bitsandbytes' is registered twice: by pytest-quant's built-in backends "
-                                 f"and by * {conftest}*; rename one of them"])
+                                 f"and by *{conftest}*; rename one of them"])
 
 
 def test_a_missing_lazy_module_is_a_usage_error_at_start_up(pytester: pytest.Pytester) -> None:

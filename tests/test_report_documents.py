@@ -18,7 +18,8 @@ def test_the_report_shows_the_first_prompts_outputs_side_by_side_and_the_termina
                  "perplexity_se": 20.31, "eval_tokens": 512, "eval_batch_windows": 8, "generation_compared_tokens": 8,
                  "generation_sample": dict(sample, output=sample["reference"] if recipe == "reference" else
                                            sample["output"]), **extra}
-        rows.add(SimpleNamespace(user_properties=[(f"quant.{k}", v) for k, v in props.items()], failed=False))
+        rows.add(SimpleNamespace(user_properties=[(f"quant.{k}", v) for k, v in props.items()], failed=False,
+                                 skipped=False))
     info = RunInfo.of(rows, started=datetime(2025, 1, 2, tzinfo=timezone.utc), device="cpu", eval_text="eval.txt")
     text = markdown(rows, info)
     assert "- **eval tokens**: 512 of eval.txt, 8 windows a batch" in text

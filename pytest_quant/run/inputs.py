@@ -28,13 +28,15 @@ def few_tokens_note(scored: int, asked: int, text: Path) -> str | None:
 class Inputs:
     """The eval windows (tokenized once per model) and the prompts (read once)."""
 
-    def __init__(self, eval_text: Path, eval_tokens: int, prompts_path: Path | None, strict: bool):
+    def __init__(self, eval_text: Path, eval_tokens: int, prompts_path: Path | None, strict: bool,
+                 trust_remote_code: bool = False):
         from ..measure.quality import EvalSpec
 
         self.spec = EvalSpec(text_path=eval_text, max_tokens=eval_tokens)  # its batch_windows: the eval batch
         self._asked = eval_tokens
         self._prompts_path = prompts_path
         self._strict = strict
+        self._trust_remote_code = trust_remote_code
         self._windows: dict[str, object] = {}
         self._prompts = None
 
@@ -50,7 +52,7 @@ class Inputs:
             if tokenizer is None:
                 from ..backends.common import load_tokenizer
 
-                tokenizer = load_tokenizer(model.path)
+                tokenizer = load_tokenizer(model.path, self._trust_remote_code)
             try:
                 windows, problem = prepare(tokenizer, self.spec, max_positions=_max_positions(model)), None
             except ValueError as exc:  # too few tokens: the file and the count, without a traceback

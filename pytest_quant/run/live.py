@@ -80,8 +80,9 @@ class Live:
     """Opens one model at a time and records what loading it cost in the ledger."""
 
     def __init__(self, registry: Registry, placement: Placement, cache_dir: Path, device_map, ledger: Ledger,
-                 progress: Callable[[str], None]):
+                 progress: Callable[[str], None], trust_remote_code: bool = False):
         self._registry = registry
+        self._trust_remote_code = trust_remote_code
         self._placement = placement
         self._cache_dir = cache_dir
         self._device_map = device_map
@@ -99,7 +100,7 @@ class Live:
         loaded = self._registry[pair.recipe.backend].load_model(LoadRequest(
             model_path=pair.model.path, recipe=pair.recipe, device=device, cache_dir=self._cache_dir,
             calibration_text=embedded_calibration_text(), device_map=self._device_map,
-            before_load=lambda: trackers.append(VramTracker(device, devices))))
+            trust_remote_code=self._trust_remote_code, before_load=lambda: trackers.append(VramTracker(device, devices))))
         load_s = time.perf_counter() - start
         problem = _loaded_problem(loaded)
         if problem:

@@ -29,9 +29,11 @@ class QuantSession:
         self.pairing = Pairing(options.models, recipes)
         self.placement = Placement(options.device, options.sharded)
         self.ledger = Ledger(self.pairing, lambda: self.placement.label)
-        self.inputs = Inputs(options.eval_text, options.eval_tokens, options.prompts, options.strict)
+        self.inputs = Inputs(options.eval_text, options.eval_tokens, options.prompts, options.strict,
+                             options.trust_remote_code)
         cache_dir = Path(options.cache_dir)
-        self.live = Live(registry, self.placement, cache_dir, options.device_map, self.ledger, progress)
+        self.live = Live(registry, self.placement, cache_dir, options.device_map, self.ledger, progress,
+                         options.trust_remote_code)
         self.measurer = Measurer(self.ledger, self.inputs, MeasureSettings(options.decode_batch, options.sharded,
                                                                            options.reference_top_k), progress)
         self.references = References(self.pairing, self.ledger, self.live, self.measurer, self.inputs,
