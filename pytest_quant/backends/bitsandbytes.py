@@ -54,15 +54,16 @@ def load(request: LoadRequest) -> Loaded:
         options.setdefault("bnb_4bit_compute_dtype", dtype)
     config = BitsAndBytesConfig(**options)
     model = AutoModelForCausalLM.from_pretrained(
-        request.model_path, quantization_config=config, dtype=dtype, device_map=request.placement
+        request.model_path, quantization_config=config, dtype=dtype, device_map=request.placement,
+        trust_remote_code=request.trust_remote_code,
     )
     kernel = quantized_linear_classes(model)
     if dequantize:
         model = dequantize_checked(model, getattr(request.recipe, "name", "?"))
         kernel = f"Linear (dequantized from {kernel})"
     model.eval()
-    return Loaded(model, load_tokenizer(request.model_path), str(dtype).removeprefix("torch."), kernel=kernel,
-                  notes={"dequantized": True} if dequantize else {})
+    return Loaded(model, load_tokenizer(request.model_path, request.trust_remote_code), str(dtype).removeprefix("torch."),
+                  kernel=kernel, notes={"dequantized": True} if dequantize else {})
 
 
 class DequantizeMismatch(RuntimeError):

@@ -23,13 +23,14 @@ def load(request: LoadRequest) -> Loaded:
             "pre-quantized checkpoint"
         )
     model, method, kernel = load_checkpoint(request.model_path, request.device, request.recipe.get("kernel"),
-                                            device_map=request.device_map)
+                                            device_map=request.device_map,
+                                            trust_remote_code=request.trust_remote_code)
     notes = {"method": method, "checkpoint": str(request.model_path)}
     if kernel:
         notes["kernel_requested"] = kernel
     return Loaded(
         model,
-        load_tokenizer(request.model_path),
+        load_tokenizer(request.model_path, request.trust_remote_code),
         str(model.dtype).removeprefix("torch."),
         kernel=quantized_linear_classes(model),
         notes=notes,

@@ -22,6 +22,8 @@ def load(request: LoadRequest) -> Loaded:
 
     name = request.recipe.get("dtype")
     dtype = getattr(torch, name) if name else default_dtype(request.model_path, request.device)
-    model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=dtype, device_map=request.placement)
+    model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=dtype, device_map=request.placement,
+                                                 trust_remote_code=request.trust_remote_code)
     model.eval()
-    return Loaded(model, load_tokenizer(request.model_path), str(dtype).removeprefix("torch."), kernel="Linear")
+    return Loaded(model, load_tokenizer(request.model_path, request.trust_remote_code), str(dtype).removeprefix("torch."),
+                  kernel="Linear")
