@@ -556,7 +556,7 @@ def test_a_refresh_deletes_no_baseline_of_a_module_skipped_at_collection_nor_a_u
 
 
 def test_a_new_gpu_kind_gates_quality_against_another_kinds_baseline(tmp_path: Path) -> None:
-    from pytest_quant.baselines.gate import _without_own_baseline
+    from pytest_quant.baselines.gate import without_own_baseline
     from pytest_quant.measure.quality import QualityMeasurement
     from pytest_quant.measure.vram import VramMeasurement
     from pytest_quant.metrics import Measurements
@@ -574,7 +574,7 @@ def test_a_new_gpu_kind_gates_quality_against_another_kinds_baseline(tmp_path: P
     m = Measurements("tiny", "nf4", "cuda:0", quality=quality, vram=VramMeasurement("cuda:0", 999, 999, 1200))
     received = record({"perplexity": 108.72, "vram_resident_bytes": 999}, recipe="nf4", device="cuda:0")
     path = root / "tiny" / "nvidia-h200" / "test_q[tiny-nf4].json"
-    result = _without_own_baseline(settings, m, {"perplexity": 0.05, "vram_resident_bytes": 0.05}, received, path,
+    result = without_own_baseline(settings, m, {"perplexity": 0.05, "vram_resident_bytes": 0.05}, received, path,
                                    "perplexity_delta")
     assert result.baseline_from == "nvidia-h100-80gb-hbm3"
     (violation,) = result.violations  # quality passed against the H100's; memory has no H200 baseline
@@ -583,11 +583,11 @@ def test_a_new_gpu_kind_gates_quality_against_another_kinds_baseline(tmp_path: P
     assert result.missing == settings.missing_line("tiny")
     # the ini names the kind to use: the A100's perplexity of 100 is 8.72 away
     named = BaselineSettings(**{**settings.__dict__, "fallback_hardware": "nvidia-a100"})
-    result = _without_own_baseline(named, m, {"perplexity": 0.05}, received, path, "perplexity_delta")
+    result = without_own_baseline(named, m, {"perplexity": 0.05}, received, path, "perplexity_delta")
     assert result.baseline_from == "nvidia-a100" and "perplexity 108.7200 above baseline 100.0000" in \
         result.violations[0].reason
     # a kind with no baseline anywhere: quality fails too, with the same line
     lonely = BaselineSettings(**{**settings.__dict__, "root": tmp_path / "none"})
     alone = tmp_path / "none" / "tiny" / "nvidia-h200" / path.name
-    result = _without_own_baseline(lonely, m, {"perplexity": 0.05}, received, alone, "perplexity_delta")
+    result = without_own_baseline(lonely, m, {"perplexity": 0.05}, received, alone, "perplexity_delta")
     assert "no other GPU kind has this test's baseline either" in result.violations[0].reason

@@ -9,7 +9,7 @@ import pytest
 from pytest_quant import backends
 from pytest_quant.models import TINY_DIR
 
-from .conftest import FAST
+FAST = ("--quant-eval-tokens", "1024")  # small and fast: enough tokens to tell recipes apart
 
 USES_MODEL = """
 def test_uses(quant_model):

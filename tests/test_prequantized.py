@@ -8,7 +8,7 @@ from pytest_quant import backends
 from pytest_quant.models import TINY_DIR
 from pytest_quant.recipes import BUILTIN_RECIPES
 
-from .conftest import FAST
+FAST = ("--quant-eval-tokens", "1024")  # small and fast: enough tokens to tell recipes apart
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ def check(item: pytest.Item, gated: tuple[Limits, ...], metrics: Measurements) -
     shown = settings.show(path)
     first = BASELINE_METRIC[next(iter(tolerances))].marker
     if not update and not path.exists() and not path.is_symlink():
-        return _without_own_baseline(settings, metrics, tolerances, received, path, first)
+        return without_own_baseline(settings, metrics, tolerances, received, path, first)
     assertion == received  # noqa: B015 - syrupy records the outcome; the extension compares once
     result = assertion.executions[assertion.num_executions - 1]
     if result.created or result.updated:
@@ -108,7 +108,7 @@ def _result(outcome: Outcome, metrics: Measurements, shown: str, settings: Basel
     return BaselineResult(violations, improved, _detail(outcome, shown, settings) if violations else None, **extra)
 
 
-def _without_own_baseline(settings: BaselineSettings, metrics: Measurements, tolerances: dict[str, float],
+def without_own_baseline(settings: BaselineSettings, metrics: Measurements, tolerances: dict[str, float],
                           received: dict, path: Path, first: str) -> BaselineResult:
     """No baseline for this hardware key: quality against another CUDA kind's baseline of the same test (the
     rule of ``BaselineSettings.fallback``), speed and memory fail with the line that says how to record them."""

@@ -102,7 +102,7 @@ class Live:
             calibration_text=embedded_calibration_text(), device_map=self._device_map,
             trust_remote_code=self._trust_remote_code, before_load=lambda: trackers.append(VramTracker(device, devices))))
         load_s = time.perf_counter() - start
-        problem = _loaded_problem(loaded)
+        problem = loaded_problem(loaded)
         if problem:
             raise RuntimeError(f"pytest-quant: backend {pair.recipe.backend!r} loaded {pair.id} {problem}")
         tracker = trackers[-1]
@@ -131,7 +131,7 @@ class Live:
                    "still holds the model") + ", and later VRAM figures may be inflated"))
 
 
-def _loaded_problem(loaded) -> str | None:
+def loaded_problem(loaded) -> str | None:
     """What is wrong with a backend's result (a third-party backend through the hook may return anything)."""
     if loaded is None or not hasattr(loaded, "model"):
         return f"as {type(loaded).__name__}, not a pytest_quant.backends.Loaded"

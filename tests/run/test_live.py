@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_quant.backends import Loaded
-from pytest_quant.run.live import _loaded_problem, holders
+from pytest_quant.run.live import loaded_problem, holders
 
 KEPT: object = None
 
@@ -16,11 +16,11 @@ KEPT: object = None
     (Loaded("not a model", None, "float32"), "as a str, which cannot be called on tokens"),
 ])
 def test_a_bad_backend_result_is_named(loaded, words) -> None:
-    assert _loaded_problem(loaded) == words
+    assert loaded_problem(loaded) == words
 
 
 def test_a_callable_model_is_fine() -> None:
-    assert _loaded_problem(Loaded(lambda ids: ids, None, "float32")) is None
+    assert loaded_problem(Loaded(lambda ids: ids, None, "float32")) is None
 
 
 def test_holders_names_a_module_global_that_keeps_an_object() -> None:
