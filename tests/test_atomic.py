@@ -117,3 +117,12 @@ def test_a_lock_path_that_is_a_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         atomic.open_lock_file(tmp_path / ".k.lock")
     assert (tmp_path / ".k.lock").is_dir()
+
+
+def test_atomic_write_respects_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        atomic.atomic_write(tmp_path / "b.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o640

@@ -7,11 +7,13 @@ deterministic there, so a baseline edited by a known amount is just above or jus
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 import re
+import shutil
 import subprocess
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -19,9 +21,9 @@ import pytest
 from pytest_quant import gates, hardware
 from pytest_quant.baselines.compare import Comparison, compare
 from pytest_quant.baselines.record import BaselineFormatError, dumps, loads
+from pytest_quant.baselines.settings import BaselineSettings
 from pytest_quant.metrics import BASELINE_METRIC as METRIC
 from pytest_quant.tolerances import parse_tolerance_ini
-from pytest_quant.baselines.settings import BaselineSettings
 
 REFERENCE = ("--quant-recipes", "reference")
 BOTH = ("--quant-recipes", "reference,bnb-nf4")
@@ -591,3 +593,78 @@ def test_a_new_gpu_kind_gates_quality_against_another_kinds_baseline(tmp_path: P
     alone = tmp_path / "none" / "tiny" / "nvidia-h200" / path.name
     result = without_own_baseline(lonely, m, {"perplexity": 0.05}, received, alone, "perplexity_delta")
     assert "no other GPU kind has this test's baseline either" in result.violations[0].reason
+
+
+# -- weak: baselines ----------------------------------------------------------------------------------------
+
+
+def fingerprinted_record(model_sha: str, recipe: dict) -> dict:
+    return {"format_version": 1, "metrics": {"vram_resident_bytes": 1000},
+            "context": {"model": "m", "recipe": "mine", "device": "cpu", "model_sha256": model_sha,
+                        "recipe_settings": recipe}}
+
+
+@pytest.mark.parametrize("stored, message", [
+    (fingerprinted_record("b" * 64, {"backend": "bitsandbytes", "load_in_4bit": True}),
+     "recorded with model weights (sha256 of config.json and weight files) bbbbbbbbbbbb..., this run with "
+     "aaaaaaaaaaaa...: it is the baseline of another model or recipe under the same name*"),
+    (fingerprinted_record("a" * 64, {"backend": "bitsandbytes", "load_in_8bit": True}),
+     'recorded with recipe settings {"backend": "bitsandbytes", "load_in_8bit": true}, this run with '
+     '{"backend": "bitsandbytes", "load_in_4bit": true}*'),
+], ids=["other-weights", "other-recipe"])
+def test_baseline_of_another_model_or_recipe_is_not_compared(stored: dict, message: str) -> None:
+    received = fingerprinted_record("a" * 64, {"backend": "bitsandbytes", "load_in_4bit": True})
+    outcome = compare(received, dumps(stored), {"vram_resident_bytes": 0.05})
+    (problem,) = outcome.problems
+    assert fnmatch(problem, message), problem
+    assert not outcome.matches(update=False)
+
+
+def test_baseline_without_fingerprint_compares_and_is_rewritten_on_update() -> None:
+    received = fingerprinted_record("a" * 64, {"backend": "reference"})
+    old = fingerprinted_record("a" * 64, {"backend": "reference"})
+    del old["context"]["model_sha256"], old["context"]["recipe_settings"]
+    outcome = compare(received, dumps(old), {"vram_resident_bytes": 0.05})
+    assert outcome.problems == [] and outcome.matches(update=False) and not outcome.matches(update=True)
+
+
+def test_baseline_records_the_fingerprint_and_refuses_other_weights(pytester: pytest.Pytester) -> None:
+    folder = model_copy(pytester.path / "m")
+    pytester.makepyfile("""
+import pytest
+
+@pytest.mark.vram_budget(vs="baseline")
+def test_q(quant_model):
+    pass
+""")
+    args = ("-p", "no:cacheprovider", "--quant-recipes", "reference", f"--quant-model={folder}")
+    assert pytester.runpytest(*args, "--snapshot-update").ret == pytest.ExitCode.OK
+    (written,) = (pytester.path / "baselines" / "m").rglob("*.json")
+    context = json.loads(written.read_text())["context"]
+    assert len(context["model_sha256"]) == 64 and context["recipe_settings"] == {"backend": "reference"}
+    assert written.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "initializer_range": 0.5}))  # other weights, same name
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*recorded with model weights (sha256 of config.json and weight files) *, this run "
+                                 "with *: it is the baseline of another model or recipe under the same name*"])
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def model_copy(where: Path) -> Path:
+    """A copy of the embedded model folder (its weights linked, not copied)."""
+    from pytest_quant.models import TINY_DIR
+
+    where.mkdir(parents=True)
+    for path in TINY_DIR.iterdir():
+        if path.name == "model.safetensors":
+            (where / path.name).symlink_to(path)
+        elif path.is_file():
+            shutil.copy(path, where / path.name)
+    return where

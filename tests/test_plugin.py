@@ -139,3 +139,91 @@ def test_no_fixture(): pass
             "*add the quant_model fixture to test_no_fixture*",
         ]
     )
+
+
+RELIABILITY_FAST = ("-p", "no:cacheprovider", "--quant-eval-tokens", "512", "--quant-recipes", "reference")
+
+
+def errors_section(out: str) -> str:
+    """The ERRORS section alone: the short summary repeats each message in full where the terminal is wide (CI)."""
+    return out.partition("= ERRORS =")[2].partition("short test summary info")[0]
+
+
+@pytest.mark.parametrize("selection", [(), ("-k", "test_raises")], ids=["beside-a-pass", "alone"])
+def test_a_raising_body_fails_its_row_and_keeps_its_metrics(pytester: pytest.Pytester, selection) -> None:
+    pytester.makepyfile("""
+import pytest
+
+@pytest.mark.perplexity_delta(max_rel=0.5)
+def test_raises(quant_model):
+    raise RuntimeError("the body broke")
+
+@pytest.mark.perplexity_delta(max_rel=0.5)
+def test_passes(quant_model):
+    pass
+""")
+    result = pytester.runpytest(*RELIABILITY_FAST, "--quant-report", "r.json", *selection)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*pytest-quant summary*", "tiny*reference*FAIL"])
+    (row,) = json.loads((pytester.path / "r.json").read_text())["results"]
+    assert row["result"] == "fail" and row["perplexity"] > 1 and row["eval_tokens"] == 512
+
+
+
+# -- weak: markers ------------------------------------------------------------------------------------------
+
+
+def test_marker_errors_are_printed_once_and_sizes_under_a_byte_suggest_ratio(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+import pytest
+
+@pytest.mark.vram_budget(0.5)
+def test_budget(quant_model):
+    pass
+
+@pytest.mark.kl_divergence(max_mean="x")
+def test_kl(quant_model):
+    pass
+""")
+    result = pytester.runpytest(*RELIABILITY_FAST)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    out = result.stdout.str()
+    assert "During handling" not in out
+    errors = errors_section(out)
+    assert errors.count("for a fraction of the reference's memory write vram_budget(ratio=0.5)") == 1
+    assert errors.count("@pytest.mark.kl_divergence(max_mean='x'): expected a finite number") == 1
+    assert "pytest-quant: loading" not in out
+
+
+def test_top1_as_a_fraction_warns_that_it_is_in_percent(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+import pytest
+
+@pytest.mark.kl_divergence(min_top1=0.9)
+def test_q(quant_model):
+    pass
+""")
+    result = pytester.runpytest(*RELIABILITY_FAST)
+    result.stdout.fnmatch_lines(["*top-1 agreement is in percent (0-100); did you mean min_top1=90?"])
+
+
+
+# -- weak: an interrupted session ---------------------------------------------------------------------------
+
+
+def test_interrupted_session_marks_its_rows_interrupted(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+import pytest
+
+@pytest.mark.perplexity_delta(max_rel=0.5)
+def test_a(quant_model):
+    pass
+
+def test_b(quant_model):
+    raise KeyboardInterrupt
+""")
+    result = pytester.runpytest(*RELIABILITY_FAST, "--quant-report", "r.json", no_reraise_ctrlc=True)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*pytest-quant summary (interrupted)*", "tiny*reference*interrupted"])
+    (row,) = json.loads((pytester.path / "r.json").read_text())["results"]
+    assert row["result"] == "interrupted"

@@ -245,3 +245,173 @@ def test_start_up_removes_killed_writers_temporary_files_from_the_cache(pytester
     pytester.makepyfile(GATED)
     assert pytester.runpytest(*FAST, "--quant-cache-dir=cache", "--collect-only", "-q").ret == pytest.ExitCode.OK
     assert not dead.exists() and young.exists() and live.exists()
+
+
+# -- options, recipes, files and folders checked at start-up (sweep 2026-11) --------------------------------
+
+def errors_section(out: str) -> str:
+    """The ERRORS section alone: the short summary repeats each message in full where the terminal is wide (CI)."""
+    return out.partition("= ERRORS =")[2].partition("short test summary info")[0]
+
+
+def test_corrupt_model_config_is_a_usage_error_naming_file_and_json_error(pytester: pytest.Pytester) -> None:
+    folder = model_folder(pytester.path / "m")
+    (folder / "config.json").write_text('{"model_type": "llama", ')
+    pytester.makepyfile(GATED)
+    usage_error(pytester.runpytest(*FAST, f"--quant-model={folder}"),
+                f"*--quant-model*{folder / 'config.json'}: not valid JSON (Expecting property name*line 1 column 25*")
+
+
+def test_recipes_not_a_table_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyprojecttoml("[tool.pytest-quant]\nrecipes = 3\n")
+    pytester.makepyfile(GATED)
+    usage_error(pytester.runpytest(*FAST),
+                "*[[]tool.pytest-quant[]]: 'recipes' is 3; expected a table of recipe tables*")
+
+
+def test_path_option_in_space_form_outside_the_project_shows_the_equals_form(
+        pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory) -> None:
+    outside = model_folder(tmp_path_factory.mktemp("outside") / "m")
+    pytester.makepyprojecttoml('[tool.pytest.ini_options]\nquant_recipes = "mine"\n\n'
+                               '[tool.pytest-quant.recipes.mine]\nbackend = "reference"\n')
+    pytester.makepyfile(GATED)
+    usage_error(pytester.runpytest("-p", "no:cacheprovider", "--quant-model", str(outside)),
+                f"*--quant-model {outside}: pytest took {outside} for a test path*instead of rootdir {pytester.path} "
+                f"and ini file {pytester.path / 'pyproject.toml'}; write it as --quant-model={outside}")
+    result = pytester.runpytest("-p", "no:cacheprovider", f"--quant-model={outside}", "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*test_q[[]m-mine[]]"])
+
+
+def test_path_option_in_space_form_inside_the_project_is_fine(pytester: pytest.Pytester) -> None:
+    folder = model_folder(pytester.path / "models" / "m")
+    pytester.makepyprojecttoml('[tool.pytest.ini_options]\nquant_recipes = "reference"\n')
+    pytester.makepyfile(GATED)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--quant-model", str(folder), "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*test_q[[]m-reference[]]"])
+
+
+# -- weak: recipes, checked at start-up ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend, fields, message", [
+    ("bitsandbytes", 'load_in_4bit = "yes"', "field 'load_in_4bit' is 'yes'; accepted: true or false"),
+    ("bitsandbytes", 'load_in_4bit = true\nbnb_4bit_compute_dtype = "float17"',
+     "field 'bnb_4bit_compute_dtype' is 'float17'; accepted: float32, float16, bfloat16"),
+    ("bitsandbytes", "load_in_4bit = true\nload_in_8bit = true",
+     "set exactly one of load_in_4bit = true or load_in_8bit = true (both are set)"),
+    ("bitsandbytes", 'load_in_4bit = true\nbnb_4bit_quant_type = "nf5"',
+     "field 'bnb_4bit_quant_type' is 'nf5'; accepted: nf4, fp4"),
+    ("gptqmodel", "bits = 3.5", "field 'bits' is 3.5; accepted: 2, 3, 4 or 8"),
+    ("gptqmodel", 'kernel = "nosuch"', "field 'kernel' is 'nosuch'; accepted: auto, gptq_*"),
+    ("gptqmodel", 'calibration = "calib/missing.txt"',
+     "field 'calibration' is 'calib/missing.txt': no such file in * (a relative path is read from the folder "
+     "pytest runs in)*"),
+], ids=["4bit-yes", "dtype-float17", "4bit-and-8bit", "nf5", "bits-3.5", "kernel-nosuch", "calibration-missing"])
+def test_bad_recipe_field_is_a_usage_error_naming_file_recipe_field_and_accepted(
+        pytester: pytest.Pytester, backend: str, fields: str, message: str) -> None:
+    if backend == "gptqmodel" and "kernel" in fields:
+        pytest.importorskip("gptqmodel")
+    pyproject = pytester.makepyprojecttoml(f'[tool.pytest-quant.recipes.mine]\nbackend = "{backend}"\n{fields}\n')
+    pytester.makepyfile(GATED)
+    usage_error(pytester.runpytest("-p", "no:cacheprovider", "--quant-recipes", "mine"),
+                f"*{pyproject} [[]tool.pytest-quant.recipes.mine[]]: {message}*")
+
+
+def test_unknown_tool_key_warns(pytester: pytest.Pytester) -> None:
+    pytester.makepyprojecttoml('[tool.pytest-quant.recipies.mine]\nbackend = "bitsandbytes"\n')
+    pytester.makepyfile(GATED)
+    result = pytester.runpytest(*FAST, "--collect-only")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*PytestConfigWarning:*[[]tool.pytest-quant[]]: unknown key 'recipies' ignored; "
+                                 "known keys: recipes*"])
+
+
+# -- weak: files and folders, checked at start-up -----------------------------------------------------------
+
+
+def test_model_folder_without_weights_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    folder = model_folder(pytester.path / "m", skip=("model.safetensors",))
+    pytester.makepyfile(GATED)
+    usage_error(pytester.runpytest(*FAST, f"--quant-model={folder}"),
+                f"*--quant-model*{folder} has a config.json but no weight files (*.safetensors, *.bin*")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "the file is empty*"),
+    (b" \n\n\t", "the file is empty*"),
+    (b"caf\xe9 \x00\x01\x02 au lait", "not UTF-8 text (byte 0xe9 at offset 3: invalid continuation byte)*"),
+], ids=["empty", "blank", "binary"])
+def test_unusable_eval_text_is_a_usage_error_naming_it(pytester: pytest.Pytester, content: bytes, message: str) -> None:
+    (pytester.path / "eval.txt").write_bytes(content)
+    pytester.makepyfile(GATED)
+    usage_error(pytester.runpytest(*FAST, "--quant-eval-text", "eval.txt"), f"*--quant-eval-text eval.txt: {message}")
+
+
+def test_eval_text_of_one_token_fails_naming_the_file_and_count(pytester: pytest.Pytester) -> None:
+    (pytester.path / "eval.txt").write_text("the")
+    pytester.makepyfile(GATED)
+    result = pytester.runpytest(*FAST, "--quant-eval-text", "eval.txt")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*--quant-eval-text: eval.txt has 1 tokens; at least 2 are needed"])
+    out = result.stdout.str()
+    assert "Traceback" not in out and "quality.py" not in out and "During handling" not in out
+    assert errors_section(out).count("has 1 tokens") == 1  # once, not once per cause in a chain
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["warns", "strict-fails"])
+def test_eval_text_far_shorter_than_asked_warns_with_the_scored_count(pytester: pytest.Pytester, strict: bool) -> None:
+    (pytester.path / "eval.txt").write_text("the cat")
+    pytester.makepyfile("""
+import pytest
+
+@pytest.mark.vram_budget("1 KiB")
+def test_q(quant_model):
+    assert quant_model.quality.tokens_scored == 3
+""")
+    result = pytester.runpytest(*FAST, "--quant-eval-text", "eval.txt", *(["--quant-strict"] if strict else []))
+    scored = "*only 3 tokens of eval.txt scored, of the 512 asked for (--quant-eval-tokens)*"
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    if strict:
+        result.stdout.fnmatch_lines([scored + "(--quant-strict)"])
+    else:  # the violated gate's message says how few tokens its figures rest on
+        result.stdout.fnmatch_lines(["*pytest-quant gate violations*", "*VRAM budget 1.00 KiB exceeded*",
+                                     "    " + scored.removeprefix("*")])
+        result.stdout.fnmatch_lines(["*PytestWarning: pytest-quant: " + scored])
+
+
+def test_cache_dir_that_is_a_file_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    (pytester.path / "cache").write_text("")
+    pytester.makepyfile(GATED)
+    usage_error(pytester.runpytest(*FAST, "--quant-cache-dir", "cache"),
+                "*--quant-cache-dir cache: is a file; give a folder")
+    usage_error(pytester.runpytest(*FAST, "--quant-cache-dir", "cache/sub"),
+                "*--quant-cache-dir cache/sub: cannot be created: cache is a file; give a folder")
+
+
+def test_report_into_an_unwritable_place_fails_at_start_up(pytester: pytest.Pytester) -> None:
+    (pytester.path / "afile").write_text("")
+    pytester.makepyfile(GATED)
+    usage_error(pytester.runpytest(*FAST, "--quant-report", "afile/r.json"),
+                f"*--quant-report {pytester.path / 'afile' / 'r.json'}: cannot create its folder: "
+                f"{pytester.path / 'afile'} is a file; give a path in a writable folder")
+    if Path("/proc/self").is_dir():  # Linux: nobody, root included, creates files in /proc
+        usage_error(pytester.runpytest(*FAST, "--quant-report", "/proc/r.json"),
+                    "*--quant-report /proc/r.json: cannot write there (*); give a path in a writable folder")
+    (pytester.path / "r.json").mkdir()
+    usage_error(pytester.runpytest(*FAST, "--quant-report", "r.json"), "*--quant-report *r.json: is a folder*")
+
+
+def test_report_folder_is_created_at_start_up(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(GATED)
+    result = pytester.runpytest(*FAST, "--quant-report", "out/deep/r.md", "--collect-only")
+    assert result.ret == pytest.ExitCode.OK
+    assert (pytester.path / "out" / "deep").is_dir()
+    assert not [p for p in (pytester.path / "out" / "deep").iterdir() if p.name.startswith(".")]  # no scratch left
+
+
+def test_bad_boolean_ini_names_the_key(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nquant_gpu = maybe\n")
+    pytester.makepyfile(GATED)
+    usage_error(pytester.runpytest(*FAST), "*ini quant_gpu: *'maybe'*; accepted: true or false")
