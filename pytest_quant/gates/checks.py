@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ..metrics import Measurements
 from ..units import format_bytes
 from .limits import Limits, Violation
@@ -53,7 +55,12 @@ def check_tokens_per_second(m: Measurements, limits: Limits) -> list[Violation]:
                              f"({_pct(tps, floor)}, {t.decode_mode}) {m.where}", tps, floor, "tokens/s"))
     ratio = limits.values.get("min_ratio")
     if ratio is not None:
-        ref = m.reference.throughput_at(batch).decode_tokens_per_s
+        timed = m.reference.throughput_at(batch, t.decode_mode)
+        if timed is None:
+            out.append(Violation("tokens_per_second", f"decode timed in {t.decode_mode} mode{at}, and the reference was "
+                                 f"not: min_ratio compares figures of one mode {m.where}", math.nan, ratio, "ratio"))
+            return out
+        ref = timed.decode_tokens_per_s
         measured = tps / ref
         if not measured >= ratio:
             out.append(Violation("tokens_per_second", f"decode {tps:.1f} tok/s{at} is {measured:.3f} x reference "

@@ -37,11 +37,17 @@ class Measurements:
     reference: "Measurements | None" = None
     is_reference: bool = False  # the unquantized model itself: limits relative to it do not apply
 
-    def throughput_at(self, batch: int | None):
-        """The throughput measured at ``batch`` sequences (None: the session's default batch)."""
-        if batch is None or (self.throughput is not None and self.throughput.batch_size == batch):
-            return self.throughput
-        return next((t for t in self.other_batches if t.batch_size == batch), None)
+    def throughput_at(self, batch: int | None, mode: str | None = None):
+        """The throughput measured at ``batch`` sequences (None: the session's default batch) in decode ``mode``
+        (None: the mode the pair was timed in; the reference is also timed in every mode below its own)."""
+        first = self.throughput
+        if first is not None and (batch is None or first.batch_size == batch) and mode in (None, first.decode_mode):
+            return first
+        if batch is None and mode is None:
+            return None
+        batch = first.batch_size if batch is None and first is not None else batch
+        return next((t for t in self.other_batches if (batch is None or t.batch_size == batch)
+                     and (mode is None or t.decode_mode == mode)), None)
 
     def generation_at(self, tokens: int | None):
         """The generation agreement over ``tokens`` generated tokens (None: the first measured)."""
@@ -63,6 +69,11 @@ class Measurements:
     @property
     def decode_mode(self) -> str | None:
         return None if self.throughput is None else self.throughput.decode_mode
+
+    @property
+    def decode_fallback(self) -> str | None:
+        """Why decode was not timed in the mode asked for (None: it was)."""
+        return None if self.throughput is None else getattr(self.throughput, "fallback_reason", None)
 
     @property
     def pair(self) -> str:

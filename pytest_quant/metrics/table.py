@@ -189,6 +189,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("load_s", "load", "seconds", None, 3, lambda m: m.load_s, _fixed(1, " s")),
     Metric("quantize_s", "quantization", "seconds", None, 3, lambda m: m.quantize_s or None, _fixed(1, " s")),
     Metric("timing_s", "timing", "seconds", None, 3, lambda m: m.timing_s, _fixed(1, " s")),
+    # torch.compile of the decode step (compiled mode): reported on its own, never counted as the plugin's overhead
+    Metric("decode_compile_s", "decode step compile", "seconds", None, 3, _of("throughput", "compile_s"), _fixed(1, " s")),
 )
 
 
@@ -197,7 +199,7 @@ def _rule(marker: str, relative: bool, tolerance_unit: str, cuda: float, cpu: fl
 
 
 # Decimals shown in report tables and the terminal (files and baselines keep ``decimals``).
-TABLE_DECIMALS = {"decode_tokens_per_s": 1, "roofline_percent": 2, "perplexity": 3, "delta_perplexity": 3,
+TABLE_DECIMALS = {"decode_tokens_per_s": 1, "decode_compile_s": 1, "roofline_percent": 2, "perplexity": 3, "delta_perplexity": 3,
                   "mean_kl_nats": 5, "p99_kl_nats": 4, "p999_kl_nats": 4, "max_kl_nats": 4, "rms_delta_p_percent": 3,
                   "top1_agreement_percent": 2, "generation_exact_match_percent": 1, "generation_mean_prefix_tokens": 1}
 # What a stored baseline compares, and with which default tolerance per device kind.
@@ -236,7 +238,8 @@ def marker_metrics(marker: str) -> tuple[Metric, ...]:
     return tuple(m for m in BASELINE_METRICS if m.marker == marker)
 # Text fields every row carries, beside the metrics.
 BY_DEVICE = "vram_resident_by_device"
-TEXT_FIELDS = ("pair", "model", "recipe", "device", "kernel", "dtype", "hardware", "cache", "decode_mode")
+TEXT_FIELDS = ("pair", "model", "recipe", "device", "kernel", "dtype", "hardware", "cache", "decode_mode",
+               "decode_fallback")
 
 
 def flat(m: Measurements) -> dict[str, Any]:

@@ -36,6 +36,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("vram_generate_peak_bytes", "VRAM peak generating", "gen peak", terminal=False),
     Column("decode_tokens_per_s", "decode tok/s", "decode tok/s"),
     Column("decode_mode", "decode mode", "mode", text=True),
+    Column("decode_fallback", "why not the mode asked for", "fallback", text=True, terminal=False, optional=True),
+    Column("decode_compile_s", "decode compile (s)", "compile s", terminal=False, optional=True),
     Column("roofline_percent", "% of bandwidth bound", "roofline %"),
     Column("perplexity", "perplexity", "ppl", se="perplexity_se"),
     # the paired SE: far below the perplexities' own, as both models stumble on the same tokens

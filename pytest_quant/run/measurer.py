@@ -11,6 +11,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -40,6 +41,22 @@ class MeasureSettings:
     decode_batch: int
     sharded: bool
     reference_top_k: int | str
+    decode_mode: str = "eager"  # --quant-decode-mode (compiled, cuda-graph, eager)
+    compile_cache_dir: Path | None = None  # where inductor and Triton keep their caches
+
+
+def decode_mode_of(recipe, settings: MeasureSettings) -> str:
+    """The mode a pair's decode is timed in: the session's, lowered by a recipe that pins a lower one (its compile
+    takes minutes, its kernels cannot be captured); eager for a model spread over GPUs (accelerate's hooks move
+    tensors between devices on the host, which a graph cannot capture)."""
+    from ..measure.throughput import CHAIN, EAGER
+
+    if settings.sharded:
+        return EAGER
+    pinned = getattr(recipe, "decode_mode", None)
+    if pinned is None:
+        return settings.decode_mode
+    return max(settings.decode_mode, pinned, key=CHAIN.index)
 
 
 class Measurer:
@@ -80,28 +97,48 @@ class Measurer:
         return left
 
     def _throughput(self, live: LiveModel, batch: int) -> None:
+        """Decode timed in the pair's mode; the reference also in every mode below it, so that a recipe that
+        falls back (or pins a lower mode) is compared with the reference timed the same way."""
+        from ..measure.throughput import CHAIN
+
+        mode = decode_mode_of(live.pair.recipe, self._settings)
+        throughput, timing_s = self._time(live, batch, mode)
+        if live.pair.recipe.is_reference and not self._settings.sharded:
+            ran = CHAIN.index(throughput.decode_mode)
+            extra = tuple(self._time(live, batch, lower)[0] for lower in CHAIN[ran + 1:]
+                          if device_kind(live.device) == "cuda")
+        else:
+            extra = ()
+        if batch != self._settings.decode_batch:
+            known = self._ledger.own(live.pair)
+            self._ledger.record(live.pair, other_batches=known.other_batches + (throughput,) + extra)
+            return
         from ..measure.roofline import memory_bandwidth_bytes_per_s, roofline_fraction
+
+        fraction = None if self._settings.sharded else roofline_fraction(  # one GPU's bound: not a spread model's
+            throughput.decode_tokens_per_s_per_sequence, int(live.model.get_memory_footprint()),
+            memory_bandwidth_bytes_per_s(live.device))
+        known = self._ledger.own(live.pair)
+        self._ledger.record(live.pair, throughput=throughput, timing_s=timing_s, roofline_fraction=fraction,
+                            other_batches=known.other_batches + extra)
+
+    def _time(self, live: LiveModel, batch: int, mode: str, fallback: bool = True):
         from ..measure.throughput import measure_throughput
 
         prompt = list(self._inputs.windows(live.pair.model, live.tokenizer).windows[0].input_ids[:PROMPT_TOKENS])
         settings = THROUGHPUT[device_kind(live.device)]
         self._progress(f"{live.pair.id}: timing prefill and {settings['decode_tokens']} decode steps at batch {batch} "
-                       f"({settings['warmup_runs']} warm-up + {settings['repeats']} timed runs)")
+                       f"in {mode} mode ({settings['warmup_runs']} warm-up + {settings['repeats']} timed runs)")
         start = time.perf_counter()
-        # a model spread over GPUs decodes eagerly: accelerate's hooks move tensors between devices on the host
-        mode = "eager" if self._settings.sharded else "auto"
-        throughput = measure_throughput(live.model, prompt, batch_size=batch, mode=mode, **settings)
+        throughput = measure_throughput(live.model, prompt, batch_size=batch, mode=mode, fallback=fallback,
+                                        compile_cache_dir=self._settings.compile_cache_dir, **settings)
         timing_s = time.perf_counter() - start
+        if throughput.compile_s is not None:
+            cache = f", inductor cache {throughput.compile_cache}" if throughput.compile_cache else ""
+            self._progress(f"{live.pair.id}: decode step compiled in {throughput.compile_s:.1f} s{cache}")
         if throughput.fallback_reason:
-            self._progress(f"{live.pair.id}: decode timed eagerly: {throughput.fallback_reason}")
-        if batch != self._settings.decode_batch:
-            known = self._ledger.own(live.pair)
-            self._ledger.record(live.pair, other_batches=known.other_batches + (throughput,))
-            return
-        fraction = None if self._settings.sharded else roofline_fraction(  # one GPU's bound: not a spread model's
-            throughput.decode_tokens_per_s_per_sequence, int(live.model.get_memory_footprint()),
-            memory_bandwidth_bytes_per_s(live.device))
-        self._ledger.record(live.pair, throughput=throughput, timing_s=timing_s, roofline_fraction=fraction)
+            self._progress(f"{live.pair.id}: decode timed in {throughput.decode_mode} mode: {throughput.fallback_reason}")
+        return throughput, timing_s
 
     def _quality(self, live: LiveModel, reference: ReferenceData | None):
         """Perplexity, KL against the reference's kept predictions, and llama.cpp's statistics; the kept

@@ -18,6 +18,8 @@ from .pairs import Pair, Pairing
 from .quant_model import QuantModel
 from .references import References
 
+COMPILE_SUBDIR = "inductor"  # torch.compile's FX graph and autotuning caches, under --quant-cache-dir
+
 
 class QuantSession:
     def __init__(self, options: QuantOptions, recipes: list[Recipe], registry: Registry,
@@ -34,8 +36,9 @@ class QuantSession:
         cache_dir = Path(options.cache_dir)
         self.live = Live(registry, self.placement, cache_dir, options.device_map, self.ledger, progress,
                          options.trust_remote_code)
-        self.measurer = Measurer(self.ledger, self.inputs, MeasureSettings(options.decode_batch, options.sharded,
-                                                                           options.reference_top_k), progress)
+        settings = MeasureSettings(options.decode_batch, options.sharded, options.reference_top_k,
+                                   decode_mode=options.decode_mode, compile_cache_dir=cache_dir / COMPILE_SUBDIR)
+        self.measurer = Measurer(self.ledger, self.inputs, settings, progress)
         self.references = References(self.pairing, self.ledger, self.live, self.measurer, self.inputs,
                                      self.placement, cache_dir, options.reference_top_k, progress)
 

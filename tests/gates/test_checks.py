@@ -69,3 +69,21 @@ def test_each_markers_help_names_its_keywords(name: str) -> None:
     for keyword in spec.keywords + spec.options:
         assert f"{keyword}=..." in spec.help
     assert ("vs=\"baseline\"" in spec.help) == spec.baseline
+
+
+def test_min_ratio_compares_with_the_reference_timed_in_the_same_mode(pair) -> None:
+    compiled = dataclasses.replace(pair.throughput, decode_mode="compiled", decode_tokens_per_s=120.0)
+    graph_ref = dataclasses.replace(pair.reference.throughput, decode_mode="cuda-graph", decode_tokens_per_s=80.0)
+    ref = dataclasses.replace(pair.reference, throughput=dataclasses.replace(pair.reference.throughput,
+                                                                             decode_mode="compiled", decode_tokens_per_s=150.0),
+                              other_batches=(graph_ref,))
+    graph = dataclasses.replace(pair, throughput=dataclasses.replace(pair.throughput, decode_mode="cuda-graph"),
+                                reference=ref)
+    # the recipe fell back to cuda-graph: compared with the reference's cuda-graph figure (60 / 80), not 60 / 150
+    assert verdict("tokens_per_second", graph, min_ratio=0.74) == []
+    (reason,) = verdict("tokens_per_second", graph, min_ratio=0.76)
+    assert "is 0.750 x reference 80.0 tok/s" in reason
+    assert verdict("tokens_per_second", dataclasses.replace(pair, throughput=compiled, reference=ref), min_ratio=0.8) == []
+    eager = dataclasses.replace(pair, throughput=dataclasses.replace(pair.throughput, decode_mode="eager"), reference=ref)
+    (reason,) = verdict("tokens_per_second", eager, min_ratio=0.5)
+    assert "decode timed in eager mode, and the reference was not: min_ratio compares figures of one mode" in reason

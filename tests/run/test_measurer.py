@@ -1,0 +1,25 @@
+"""run.measurer: the decode mode of a pair (the session's, lowered by a recipe's pin, eager when spread)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pytest_quant.recipes import BUILTIN_RECIPES
+from pytest_quant.run.measurer import MeasureSettings, decode_mode_of
+
+SETTINGS = MeasureSettings(decode_batch=1, sharded=False, reference_top_k=256, decode_mode="compiled")
+
+
+@pytest.mark.parametrize("session, pinned, expected", [
+    ("compiled", None, "compiled"), ("compiled", "cuda-graph", "cuda-graph"), ("compiled", "eager", "eager"),
+    ("cuda-graph", "compiled", "cuda-graph"), ("eager", "cuda-graph", "eager"),
+])
+def test_a_recipe_pin_lowers_the_sessions_mode_never_raises_it(session, pinned, expected) -> None:
+    recipe = dataclasses.replace(BUILTIN_RECIPES["bnb-nf4"], decode_mode=pinned)
+    assert decode_mode_of(recipe, dataclasses.replace(SETTINGS, decode_mode=session)) == expected
+
+
+def test_a_model_spread_over_gpus_decodes_eagerly() -> None:
+    assert decode_mode_of(BUILTIN_RECIPES["reference"], dataclasses.replace(SETTINGS, sharded=True)) == "eager"
