@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 
@@ -164,8 +166,8 @@ def test_keep(quant_model):
 
 
 def test_compiled_step_agrees_with_the_eager_step_on_the_embedded_model() -> None:
-    """bf16 on the GPU: the compiled and captured step's first tokens are the eager step's, and fed the eager
-    step's tokens it picks the same greedy token at >= 99% of the steps."""
+    """On the GPU: the compiled and captured step's first tokens are the eager step's, and fed the eager step's
+    tokens it picks the same greedy token at >= 99% of the steps."""
     from transformers import AutoModelForCausalLM
 
     from pytest_quant.measure.decode_check import greedy_tokens, step_agreement
@@ -173,7 +175,10 @@ def test_compiled_step_agrees_with_the_eager_step_on_the_embedded_model() -> Non
     from pytest_quant.models import TINY_DIR
 
     before = release("cuda")
-    model = AutoModelForCausalLM.from_pretrained(TINY_DIR, dtype=torch.bfloat16, device_map="cuda").eval()
+    # float16: the dtype the plugin runs the embedded model in on a GPU (its checkpoint's own). In bfloat16 the
+    # compiled step agreed at 92.97% of 256 steps on the H200 (rounding on a 7M model's flat logits); float32 on
+    # CPU agrees at 100% (tests/test_measure_decode.py)
+    model = AutoModelForCausalLM.from_pretrained(TINY_DIR, dtype=torch.float16, device_map="cuda").eval()
     prompt = list(range(5, 37))
     agreement = step_agreement(model, prompt, 256, "compiled")  # one flip in 64 steps was 98.4% on the H200
     print(agreement)
@@ -225,7 +230,7 @@ def test_every_gpu_recipe_holds_its_model_resident_and_gives_it_back_at_the_1b_s
     (modelopt-fp8 read 0 B), and the allocator back within 1 MiB after the release (GPTQ left 675 MiB)."""
     from pytest_quant.backends import DEFAULT_REGISTRY, LoadRequest
     from pytest_quant.measure.throughput import measure_throughput, pinned_mode
-    from pytest_quant.measure.vram import GENERATE, VramTracker, release
+    from pytest_quant.measure.vram import GENERATE, VramTracker, referrer_chains, release
     from pytest_quant.models import embedded_calibration_text
     from pytest_quant.recipes import BUILTIN_RECIPES
 
@@ -248,6 +253,9 @@ def test_every_gpu_recipe_holds_its_model_resident_and_gives_it_back_at_the_1b_s
           f"{vram.load_peak_bytes}, decode {t.decode_tokens_per_s:.1f} tok/s ({t.decode_mode})")
     assert vram.resident_bytes >= vram.model_device_bytes > 0
     assert vram.generate_peak_bytes >= vram.resident_bytes
+    model = weakref.ref(loaded.model)
     del loaded, tracker, vram
     left = release("cuda:0") - before
-    assert left <= RELEASE_SLACK_BYTES, f"{name}: {left / 2**20:.2f} MiB still allocated after the release"
+    held = referrer_chains(model()) if model() is not None else ["the model itself was freed"]
+    assert left <= RELEASE_SLACK_BYTES, f"{name}: {left / 2**20:.2f} MiB still allocated after the release; " + \
+        "\n".join(held)

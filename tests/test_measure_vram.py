@@ -53,3 +53,36 @@ def test_gpu_resident_load_and_phase_peaks() -> None:
     assert vram.eval_peak_bytes is None and vram.source == "torch allocator after load"
     del model
     assert release("cuda") - before <= 2**20
+
+
+def test_referrer_chains_lead_from_a_held_model_to_the_global_that_keeps_it(monkeypatch) -> None:
+    import gc
+    import sys
+    import types
+    import weakref
+
+    from pytest_quant.measure.vram import referrer_chains
+
+    class Model:
+        pass
+
+    library = types.ModuleType("heldlib")
+    monkeypatch.setitem(sys.modules, "heldlib", library)
+
+    def first_import() -> None:
+        try:
+            raise ModuleNotFoundError("No module named 'llama_cpp'")
+        except ModuleNotFoundError as error:
+            library.IMPORT_ERROR = error
+
+    def load():
+        model = Model()
+        first_import()
+        return weakref.ref(model)
+
+    model = load()
+    gc.collect()
+    (chain,) = referrer_chains(model())
+    assert chain.startswith("a Model <- frame load (test_measure_vram.py:") and "<- frame first_import (" in chain
+    assert chain.endswith("<- a traceback <- exception ModuleNotFoundError: No module named 'llama_cpp' "
+                          "<- globals of heldlib")

@@ -192,3 +192,47 @@ def allocated_bytes(device: str) -> int:
 
     torch.cuda.synchronize(device)
     return int(torch.cuda.memory_allocated(device))
+
+
+def referrer_chains(obj, depth: int = 12, limit: int = 6) -> list[str]:
+    """Why ``obj`` is still alive: chains of referrers, from the object out to a module global, a stored
+    exception or a thread's frame, one line each ("a Loaded <- frame load (gptqmodel.py) <- ... <- exception
+    ModuleNotFoundError kept in gptqmodel.nn_modules.qlinear.gguf_cpp._LLAMA_CPP_IMPORT_ERROR"). For a release
+    check's message: the direct holder alone (a Loaded, a frame) rarely says who to fix."""
+    import gc
+    import sys
+    import types
+
+    modules = {id(vars(m)): name for name, m in list(sys.modules.items()) if isinstance(m, types.ModuleType)}
+    here = sys._getframe()
+
+    def name(o) -> str:
+        if isinstance(o, types.FrameType):
+            return f"frame {o.f_code.co_name} ({o.f_code.co_filename.rsplit('/', 1)[-1]}:{o.f_lineno})"
+        if id(o) in modules:
+            return f"globals of {modules[id(o)]}"
+        if isinstance(o, BaseException):
+            return f"exception {type(o).__name__}: {str(o)[:60]}"
+        return f"a {type(o).__name__}"
+
+    chains: list[str] = []
+    ignore: set[int] = set()
+    own_code = {here.f_code}
+
+    def walk(o, path: list[str], seen: set[int]) -> None:
+        if len(chains) >= limit:
+            return
+        found = gc.get_referrers(o)
+        referrers = tuple(r for r in found if id(r) not in ignore and id(r) not in seen
+                          and not (isinstance(r, types.FrameType) and r.f_code in own_code))
+        del found
+        ignore.add(id(referrers))
+        if id(o) in modules or isinstance(o, types.ModuleType) or len(path) >= depth or not referrers:
+            chains.append(" <- ".join(path))
+            return
+        for r in referrers[:4]:
+            walk(r, path + [name(r)], seen | {id(r)})
+
+    own_code.add(walk.__code__)
+    walk(obj, [name(obj)], {id(obj)})
+    return chains
