@@ -175,9 +175,10 @@ def test_compiled_step_agrees_with_the_eager_step_on_the_embedded_model() -> Non
     from pytest_quant.models import TINY_DIR
 
     before = release("cuda")
-    # float16: the dtype the plugin runs the embedded model in on a GPU (its checkpoint's own). In bfloat16 the
-    # compiled step agreed at 92.97% of 256 steps on the H200 (rounding on a 7M model's flat logits); float32 on
-    # CPU agrees at 100% (tests/test_measure_decode.py)
+    # float16: the dtype the plugin runs the embedded model in on a GPU (its checkpoint's own). On the H200
+    # (2026-12-01) this test FAILED: 98.83% of 256 steps in float16 (3 flips, the first after 11 steps), 92.97% in
+    # bfloat16; on CPU in float32 the same comparison agrees at 100% over 256 steps. Whether the GPU flips are
+    # rounding on a 7M model's flat logits or a compile defect is not settled (benchmarks/RESULTS.md)
     model = AutoModelForCausalLM.from_pretrained(TINY_DIR, dtype=torch.float16, device_map="cuda").eval()
     prompt = list(range(5, 37))
     agreement = step_agreement(model, prompt, 256, "compiled")  # one flip in 64 steps was 98.4% on the H200
