@@ -44,6 +44,7 @@ class StubRequest:
     calibration_text: Path | None = None
     before_load_calls: list = field(default_factory=list)
     device_map: str | None = None
+    trust_remote_code: bool = False
 
     @property
     def placement(self) -> str:  # as LoadRequest's

@@ -83,7 +83,7 @@ def cache_inputs(model_path: Path, spec: QuantSpec, calibration: calib.Calibrati
 # -- quantizing and loading -----------------------------------------------------------------------------
 
 def quantize(model_path: Path, spec: QuantSpec, calibration: calib.Calibration, device: str,
-             out_dir: Path | None = None) -> Quantized:
+             out_dir: Path | None = None, trust_remote_code: bool = False) -> Quantized:
     """Quantize with GPTQModel (and save to ``out_dir`` when given); the model stays in memory.
 
     The seconds cover loading the unquantized model, quantizing and saving: what a cache hit saves.
@@ -91,7 +91,7 @@ def quantize(model_path: Path, spec: QuantSpec, calibration: calib.Calibration, 
     gptqmodel = import_gptqmodel()
     config = gptqmodel.QuantizeConfig(**spec.quantize)
     start = time.perf_counter()
-    qmodel = gptqmodel.GPTQModel.load(str(model_path), config, device=device)
+    qmodel = gptqmodel.GPTQModel.load(str(model_path), config, device=device, trust_remote_code=trust_remote_code)
     qmodel.quantize(calibration.as_dataset(), batch_size=spec.batch_size)
     if out_dir is not None:
         qmodel.save(str(out_dir))
@@ -101,7 +101,7 @@ def quantize(model_path: Path, spec: QuantSpec, calibration: calib.Calibration, 
 def load(request: LoadRequest) -> Loaded:
     prepare_environment()
     spec = spec_from_recipe(request.recipe, request.device)
-    tokenizer = load_tokenizer(request.model_path)
+    tokenizer = load_tokenizer(request.model_path, request.trust_remote_code)
     source = calibration_source(spec, request)
     calibration = calib.build(source, tokenizer, spec.samples, spec.seq_len)
     notes: dict[str, Any] = {
@@ -119,7 +119,8 @@ def load(request: LoadRequest) -> Loaded:
     if request.cache_dir is None:
         saved = Path(tempfile.mkdtemp(prefix="pytest-quant-gptqmodel-"))
         atexit.register(shutil.rmtree, saved, ignore_errors=True)
-        child = quantize_in_child(request.model_path, spec, calibration, request.device, saved, request.recipe.name)
+        child = quantize_in_child(request.model_path, spec, calibration, request.device, saved, request.recipe.name,
+                                  request.trust_remote_code)
         seconds = child["seconds"]
         notes["quantize_child"] = child["determinism"]
     else:
@@ -128,7 +129,8 @@ def load(request: LoadRequest) -> Loaded:
         key = qcache.cache_key(inputs)
 
         def make(staged: Path) -> dict[str, Any]:
-            child = quantize_in_child(request.model_path, spec, calibration, request.device, staged, request.recipe.name)
+            child = quantize_in_child(request.model_path, spec, calibration, request.device, staged,
+                                      request.recipe.name, request.trust_remote_code)
             return {"quantize_seconds": child["seconds"], "quantize_child": child["determinism"]}
 
         built = qcache.build(root, key, inputs, make)
@@ -170,7 +172,7 @@ class QuantizeChildError(RuntimeError):
 
 
 def quantize_in_child(model_path: Path, spec: QuantSpec, calibration: calib.Calibration, device: str,
-                      out_dir: Path, recipe_name: str = "") -> dict[str, Any]:
+                      out_dir: Path, recipe_name: str = "", trust_remote_code: bool = False) -> dict[str, Any]:
     """Quantize with GPTQModel in a fresh Python process and save into ``out_dir``.
 
     Returns the child's report: ``seconds`` (loading, quantizing, saving), ``determinism`` (the seed, thread
@@ -190,7 +192,8 @@ def quantize_in_child(model_path: Path, spec: QuantSpec, calibration: calib.Cali
     work = Path(tempfile.mkdtemp(prefix="pytest-quant-child-"))
     try:
         job, result_file, log_file = work / "job.json", work / "result.json", work / "child.log"
-        quantize_child.write_job(job, model_path, spec, calibration.windows, device, out_dir, result_file)
+        quantize_child.write_job(job, model_path, spec, calibration.windows, device, out_dir, result_file,
+                                 trust_remote_code)
         start = time.perf_counter()
         with open(log_file, "wb") as log:
             proc = subprocess.run(

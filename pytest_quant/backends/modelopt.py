@@ -69,11 +69,12 @@ def load(request) -> Loaded:
     from transformers import AutoModelForCausalLM
 
     dtype = default_dtype(request.model_path, request.device)
-    tokenizer = load_tokenizer(request.model_path)
+    tokenizer = load_tokenizer(request.model_path, request.trust_remote_code)
     # The model is quantized where it lives, on the device: the measured load starts before it lands there
     # (called after the calibration, as before, the tracker started with the model already resident: 0 B).
     request.before_load()
-    model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=dtype, device_map=request.placement)
+    model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=dtype, device_map=request.placement,
+                                                 trust_remote_code=request.trust_remote_code)
     model.eval()
     windows = _calibration_windows(request, settings, tokenizer)
 

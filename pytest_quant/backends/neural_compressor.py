@@ -70,8 +70,9 @@ def load(request) -> Loaded:
     validate(settings)
     from neural_compressor.torch.quantization import GPTQConfig, RTNConfig, convert, prepare
 
-    tokenizer = load_tokenizer(request.model_path)
-    model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=torch.float32, device_map="cpu")
+    tokenizer = load_tokenizer(request.model_path, request.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=torch.float32, device_map="cpu",
+                                                 trust_remote_code=request.trust_remote_code)
     model.eval()
     common = dict(
         bits=settings["bits"],

@@ -68,7 +68,8 @@ def load(request) -> Loaded:
         raise ValueError(f"torch_dynamic runs on CPU only (its int8 kernels are CPU kernels); got device {request.device!r}")
     settings = {**DEFAULTS, **request.recipe.options}
     validate(settings)
-    model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=torch.float32, device_map="cpu")
+    model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=torch.float32, device_map="cpu",
+                                                 trust_remote_code=request.trust_remote_code)
     model.eval()
     start = time.perf_counter()
     notes: dict[str, Any] = {"api": settings["api"]}
@@ -82,7 +83,7 @@ def load(request) -> Loaded:
     notes["footprint_bytes"] = model.get_memory_footprint()
     return Loaded(
         model,
-        load_tokenizer(request.model_path),
+        load_tokenizer(request.model_path, request.trust_remote_code),
         "float32",
         kernel=kernel_name(model),
         quantize_seconds=seconds,

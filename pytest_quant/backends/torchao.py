@@ -157,14 +157,15 @@ def load(request) -> Loaded:
     config = TorchAoConfig(quant_config(settings), **passthrough)
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(
-        request.model_path, quantization_config=config, dtype=dtype, device_map=request.placement
+        request.model_path, quantization_config=config, dtype=dtype, device_map=request.placement,
+        trust_remote_code=request.trust_remote_code,
     )
     model.eval()
     seconds = time.perf_counter() - start  # quantization happens inside the load
     attach_footprint(model)
     return Loaded(
         model,
-        load_tokenizer(request.model_path),
+        load_tokenizer(request.model_path, request.trust_remote_code),
         str(dtype).removeprefix("torch."),
         kernel=kernel_name(model),
         quantize_seconds=seconds,
