@@ -13,6 +13,7 @@
 #                                          # (reference, nf4), cold then warm inductor cache; the probe beside it
 #   bash benchmarks/gpu_session.sh decode2 # the same for torchao-int8wo and gptq-w4g128; the compiled step's agreement;
 #                                          # resident VRAM and release at 1.1B for modelopt-fp8, bnb-int8, torchao-fp8
+#   bash benchmarks/gpu_session.sh newkind # the shipped gate's reference and bnb recipes on a kind without baselines
 #   bash benchmarks/gpu_session.sh decode3 # the plugin's compiled reference beside the independent probe
 # QUANT_TREE=DIR runs the project from DIR (an export of a commit, e.g. .gpu-head) instead of the working tree.
 set -uo pipefail
@@ -131,5 +132,15 @@ gate)
   tar czf "$OUT/baselines.tgz" "$hw"
   timeout 75 python3 -m pytest tests/test_gpu.py -q -p no:cacheprovider --quant-gpu --tb=short 2>&1 \
     | grep -v "^W11\|Loading" > "$OUT/gpu-tests.log"; tail -25 "$OUT/gpu-tests.log"
+  ;;
+newkind)  # issue 18/19 on a GPU kind with no baselines of its own (the H200): the redesigned session with the
+         # compiled default, quality gated against the H100's baselines, speed and memory failing with one line
+  rm -rf .pytest_cache /tmp/qc
+  s1=$(date +%s)
+  timeout 400 python3 -m pytest suites --quant-gpu -k "reference or bnb-nf4 or bnb-int8" --quant-cache-dir=/tmp/qc \
+    -p no:cacheprovider --quant-report="$OUT/newkind.md" -rA --tb=line 2>&1 | grep -v "^W12\|Loading" \
+    > "$OUT/newkind.log"
+  echo "exit ${PIPESTATUS[0]}, wall $(( $(date +%s) - s1 )) s" | tee -a "$OUT/newkind.log"
+  grep -E "^(PASSED|FAILED|ERROR)|pytest-quant: (no baseline|.*compiled in|.*timed in)|passed|failed" "$OUT/newkind.log" | tail -60
   ;;
 esac
