@@ -4,11 +4,9 @@ phase, metrics kept when a test body fails, the reference fixture."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-import pytest_quant
 
 TOY_CONFTEST = """
 from pytest_quant.backends import Backend, Loaded
