@@ -176,8 +176,10 @@ class Measurer:
         if not pair.recipe.is_reference and reference is None:
             return None  # a pre-quantized checkpoint: no reference to agree with
         prompts = self._inputs.prompts()
+        rendered = [render(p, live.tokenizer) for p in prompts]
+        check_context(pair.model.path, prompts, rendered, tokens)
         self._progress(f"{pair.id}: generating {tokens} tokens greedily from {len(prompts)} prompts")
-        generated = greedy_generate(live.model, live.tokenizer, [render(p, live.tokenizer) for p in prompts], tokens)
+        generated = greedy_generate(live.model, live.tokenizer, rendered, tokens)
         expected = generated if pair.recipe.is_reference else reference.generations.get(tokens)
         if expected is None:
             raise RuntimeError(f"pytest-quant: the reference of {pair.model.name} generated no {tokens} tokens this "
@@ -187,6 +189,19 @@ class Measurer:
         self._progress(f"{pair.id}: {found.exact_match_percent:.1f}% of generations equal the reference's, "
                        f"{found.mean_prefix_tokens:.1f} tokens before the first divergence ({found.seconds:.1f} s)")
         return generated if pair.recipe.is_reference else None
+
+
+def check_context(model_path, prompts, rendered, tokens: int) -> None:
+    """A prompt whose tokens and the generated ones do not fit the model's context fails the test naming it
+    (start-up checked each prompt alone; the number of generated tokens is a marker's)."""
+    from ..models import context_length
+
+    context = context_length(model_path)
+    for prompt, ids in zip(prompts, rendered):
+        if context is not None and len(ids) + tokens > context:
+            pytest.fail(f"pytest-quant: prompt {prompt.source or prompt.display[:40]!r} is {len(ids)} tokens; with the "
+                        f"{tokens} generated (generation_agreement(tokens={tokens})) that is more than the model's "
+                        f"context of {context} tokens: shorten the prompt or generate fewer tokens", pytrace=False)
 
 
 def _check_finite(pair_id: str, logprobs, tokens: int) -> None:

@@ -23,3 +23,15 @@ def test_a_recipe_pin_lowers_the_sessions_mode_never_raises_it(session, pinned, 
 
 def test_a_model_spread_over_gpus_decodes_eagerly() -> None:
     assert decode_mode_of(BUILTIN_RECIPES["reference"], dataclasses.replace(SETTINGS, sharded=True)) == "eager"
+
+
+def test_a_prompt_and_its_generated_tokens_must_fit_the_context() -> None:
+    from pytest_quant.models import TINY_DIR, context_length
+    from pytest_quant.prompts import Prompt
+    from pytest_quant.run.measurer import check_context
+
+    context = context_length(TINY_DIR)
+    prompt = Prompt(text="x", source="p.txt:3")
+    check_context(TINY_DIR, [prompt], [[1] * (context - 8)], 8)  # fits exactly
+    with pytest.raises(pytest.fail.Exception, match=r"prompt 'p.txt:3' is 1017 tokens; with the 8 generated"):
+        check_context(TINY_DIR, [prompt], [[1] * (context - 7)], 8)
