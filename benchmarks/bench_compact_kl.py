@@ -13,7 +13,8 @@ pretrained model, a little worse than the original):
     .venv/bin/python benchmarks/bench_compact_kl.py --model tiny --model /tmp/smollm2-135m     # CPU, ~15 min
 
 Recipes: bnb-int8 (LLM.int8, a strong quantization), bnb-nf4 and rtn-w4g128 (round-to-nearest 4-bit weights,
-symmetric, groups of 128 along the input dimension, lm_head and embeddings kept: weak ones).
+symmetric, groups of 128 along the input dimension (64 where the input size is not a multiple of 128, as
+SmolLM2's 576), lm_head and embeddings kept: weak ones).
 The reference and each quantized model are evaluated once with every log-probability kept
 (measure.quality.evaluate, keep_reference_top_k="exact"); each k's compact reference is cut from the exact one
 (measure.reference.compact, which equals what evaluate keeps) and its KL taken with measure.reference.kl_nats,
@@ -71,7 +72,8 @@ def prepare_smollm2(destination: Path) -> None:
 
 
 def round_to_nearest(model, bits: int, group: int) -> None:
-    """Fake-quantize every decoder Linear weight in place: symmetric RTN per group of ``group`` inputs."""
+    """Fake-quantize every decoder Linear weight in place: symmetric RTN per group of ``group`` inputs (the
+    largest power-of-two divisor of the input size below that where it does not divide it)."""
     import torch
 
     top = 2 ** (bits - 1) - 1
@@ -79,7 +81,10 @@ def round_to_nearest(model, bits: int, group: int) -> None:
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.Linear) and "lm_head" not in name:
                 w = module.weight
-                g = w.reshape(w.shape[0], -1, group)
+                size = group
+                while w.shape[1] % size:  # SmolLM2's 576 inputs: groups of 64
+                    size //= 2
+                g = w.reshape(w.shape[0], -1, size)
                 scale = g.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / top
                 w.copy_((g / scale).round().clamp(-top - 1, top).mul(scale).reshape(w.shape))
 
@@ -205,11 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                            f"{result.seconds:.1f} s in all; its per-token KL against the cut reference's: max "
                            f"difference {difference:.1e} nats; perplexity and top-1 identical to the exact run: "
                            f"{identical}")
+            print(timings[-1], flush=True)
             del model
         del exact_reference, compact_references
-    print()
-    for line in timings:
-        print(line)
     print()
     for k in ks:
         mark = " (default)" if k == DEFAULT_TOP_K else ""
