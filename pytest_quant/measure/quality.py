@@ -186,15 +186,6 @@ def _accepts_logits_to_keep(model) -> bool:
         return False
 
 
-def _percentile(values, q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default), on a 1-D tensor."""
-    ordered = values.double().sort().values
-    position = (ordered.numel() - 1) * q / 100.0
-    low = math.floor(position)
-    high = min(low + 1, ordered.numel() - 1)
-    return float(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
-
-
 @dataclass(frozen=True, eq=False)
 class TokenScores:
     """Per scored token, in scoring order: CPU tensors (float64, bool) for statistics such as llama.cpp's
@@ -226,6 +217,7 @@ def evaluate(
     import torch
 
     from .reference import ReferenceBuilder, kl_nats, parse_top_k
+    from .stats import percentile
 
     if batch_windows < 1:
         raise ValueError(f"batch_windows must be >= 1, got {batch_windows}")
@@ -283,7 +275,7 @@ def evaluate(
         mean_kl = p99_kl = top1 = None
         if reference is not None:
             mean_kl = float(scores.kl_nats.mean())
-            p99_kl = _percentile(scores.kl_nats, 99.0)
+            p99_kl = percentile(scores.kl_nats.numpy(), 99.0)  # the statistics' own percentile: one computation
             top1 = 100.0 * int(scores.top1_match.sum()) / windows.tokens_scored
     seconds = time.perf_counter() - start
     measurement = QualityMeasurement(

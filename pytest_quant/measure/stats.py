@@ -168,7 +168,7 @@ def quality_stats(logprob_target, reference_logprob_target, kl_nats, top1_match)
     share_se = math.sqrt(share * (1.0 - share) / (n - 1)) if n >= 2 else math.nan
 
     kl_sorted, delta_p_sorted = np.sort(kl), np.sort(delta_p)
-    kl_percentiles = {f"{name}_kl_nats": float(np.percentile(kl_sorted, q)) for name, q in KL_PERCENTILES}
+    kl_percentiles = {f"{name}_kl_nats": percentile(kl_sorted, q) for name, q in KL_PERCENTILES}
     delta_p_percentiles = {
         f"{name}_delta_p_percent": 100.0 * float(np.percentile(delta_p_sorted, q)) for name, q in DELTA_P_PERCENTILES
     }
