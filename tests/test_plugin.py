@@ -225,3 +225,18 @@ def test_b(quant_model):
     result.stdout.fnmatch_lines(["*pytest-quant summary (interrupted)*", "tiny*reference*interrupted"])
     (row,) = json.loads((pytester.path / "r.json").read_text())["results"]
     assert row["result"] == "interrupted"
+
+
+def test_writing_a_report_adds_no_measurement(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+import pytest
+
+@pytest.mark.vram_budget("1 GiB")
+def test_memory(quant_model):
+    pass
+""")
+    result = pytester.runpytest(*RELIABILITY_FAST, "--quant-report", "r.json", "-s")
+    assert result.ret == pytest.ExitCode.OK
+    assert "timing prefill" not in result.stdout.str()  # no decode was timed for the report
+    (row,) = json.loads((pytester.path / "r.json").read_text())["results"]
+    assert "vram_resident_bytes" in row and "decode_tokens_per_s" not in row
