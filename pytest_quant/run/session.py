@@ -12,7 +12,7 @@ from ..options import QuantOptions
 from ..recipes import Recipe, runs_on
 from .inputs import Inputs
 from .ledger import Ledger
-from .live import Live, Placement
+from .live import Live, LiveModel, Placement
 from .measurer import MeasureSettings, Measurer
 from .pairs import Pair, Pairing
 from .quant_model import QuantModel
@@ -67,11 +67,11 @@ class QuantSession:
             except BaseException:
                 self.live.close(live)  # a failed measurement must not keep the model on the device
                 raise
-        return QuantModel(live, lambda needs: self.measure(pair, needs), lambda: self.ledger.known(pair))
+        return QuantModel(live, lambda needs: self.measure(live, needs), lambda: self.ledger.known(pair))
 
-    def measure(self, pair: Pair, needs: frozenset[str]) -> Measurements:
-        live = self.live.current
-        if live is None or live.pair != pair:
+    def measure(self, live: LiveModel, needs: frozenset[str]) -> Measurements:
+        pair = live.pair
+        if live.model is None:
             raise RuntimeError(f"pytest-quant: {pair.id} was released; measure it while the quant_model fixture is live")
         if pair.recipe.is_reference:
             self.references.measure_live(live, needs)  # what the reference generates is kept for its variants
