@@ -668,3 +668,15 @@ def model_copy(where: Path) -> Path:
         elif path.is_file():
             shutil.copy(path, where / path.name)
     return where
+
+
+def test_snapshot_update_new_only_records_a_missing_baseline_and_keeps_the_others(
+        run_quant, pytester: pytest.Pytester) -> None:
+    site = pytester.path / SITE
+    site.mkdir(parents=True)
+    kept = site / "test_other[tiny-reference].json"
+    kept.write_text(dumps(record({"perplexity": 1.0})))
+    result = run_quant(GATED + "\n\ndef test_other(quant_model):\n    pass\n", *REFERENCE, "--snapshot-update-new-only")
+    result.assert_outcomes(passed=2)
+    assert (site / "test_gate[tiny-reference].json").is_file()  # the missing one was recorded, not failed
+    assert kept.read_text() == dumps(record({"perplexity": 1.0}))

@@ -82,7 +82,8 @@ def check(item: pytest.Item, gated: tuple[Limits, ...], metrics: Measurements) -
     path = Path(assertion.extension.get_location(test_location=assertion.test_location, index=assertion.index))
     shown = settings.show(path)
     first = BASELINE_METRIC[next(iter(tolerances))].marker
-    if not update and not path.exists() and not path.is_symlink():
+    writes_new = update or bool(getattr(snapshot, "update_new_snapshots_only", False))  # --snapshot-update-new-only
+    if not writes_new and not path.exists() and not path.is_symlink():
         return without_own_baseline(settings, metrics, tolerances, received, path, first)
     assertion == received  # noqa: B015 - syrupy records the outcome; the extension compares once
     result = assertion.executions[assertion.num_executions - 1]

@@ -149,7 +149,8 @@ class References:
             if path.exists():
                 self._progress(f"{model.name}: the cached reference {path.name} cannot be read (truncated, or "
                                "another format): measuring it again")
-            elif any(path.parent.glob(f"{model.name}-*.safetensors")):
+            elif any(len(p.stem) == len(path.stem) for p in path.parent.glob(f"{model.name}-*.safetensors")):
+                # same name and key length: "tiny-<key>", never "tiny-2-<key>"
                 self._progress(f"{model.name}: no cached reference for this run's inputs (the weights' content, the "
                                "eval windows, the dtype, the GPU kind, top-k or the library versions changed since "
                                "one was cached): measuring it again")
