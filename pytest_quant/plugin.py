@@ -191,7 +191,7 @@ def pytest_runtest_call(item: pytest.Item):
         result = yield
     except Exception:
         measured = _record(item, qm, body_failed=True)
-        item.stash[VERDICT_KEY] = _judge(item, measured)  # reported beside the body's own failure
+        item.stash[VERDICT_KEY] = _judge(item, measured, body_failed=True)  # reported beside the body's failure
         raise
     except BaseException:  # skip, fail, exit, interrupt: what was measured is kept, nothing is judged
         _record(item, qm, body_failed=True)
@@ -219,8 +219,8 @@ def _record(item: pytest.Item, qm: QuantModel, body_failed: bool):
     return measured
 
 
-def _judge(item: pytest.Item, measured) -> Verdict:
-    verdict = judge(item, measured)
+def _judge(item: pytest.Item, measured, body_failed: bool = False) -> Verdict:
+    verdict = judge(item, measured, body_failed)
     item.user_properties.extend(verdict.properties)
     return verdict
 
@@ -243,10 +243,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         # loading failed: what is known of the pair (names, what the backend said) keeps its FAIL row in the summary
         report.user_properties.extend(properties(item.config.stash[SESSION_KEY].ledger.known(pair)))
     verdict = item.stash.get(VERDICT_KEY, None)
-    if call.when != "call" or verdict is None or not verdict.violations:
+    if call.when != "call" or verdict is None:
+        return report
+    report.sections.extend((f"Captured {title} call", text) for title, text in verdict.sections)
+    if not verdict.violations:
         return report
     report.sections.append(("Captured quant metrics call", detail(item.stash[MEASURED_KEY])))
-    report.sections.extend((f"Captured {title} call", text) for title, text in verdict.sections)
     gate_raised = call.excinfo is not None and call.excinfo.errisinstance(GateViolation)
     if gate_raised and report.failed:
         report.longrepr = str(call.excinfo.value)

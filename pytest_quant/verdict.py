@@ -28,14 +28,18 @@ class Verdict:
         return "\n".join(v.reason for v in self.violations)
 
 
-def judge(item: pytest.Item, measured: Measurements) -> Verdict:
+def judge(item: pytest.Item, measured: Measurements, body_failed: bool = False) -> Verdict:
     """Every limit of the item's markers against ``measured``, then its baseline comparison (a broken baseline
-    fails this test, not the session)."""
+    fails this test, not the session). A test whose body failed never records or refreshes its baseline."""
     parsed = gates.gates_of(item)
     violations = [v for limit in parsed.limits for v in gates.check(limit, measured)]
     properties: list[tuple[str, object]] = []
     sections: list[tuple[str, str]] = []
-    if parsed.baseline:
+    option = item.config.option
+    updating = getattr(option, "update_snapshots", False) or getattr(option, "update_new_snapshots_only", False)
+    if parsed.baseline and body_failed and updating:
+        sections.append(("quant baseline", "not recorded or refreshed: the test body failed"))
+    elif parsed.baseline:
         from .baselines.gate import FROM_PROPERTY, IMPROVED_PROPERTY, MISSING_PROPERTY, check
 
         try:

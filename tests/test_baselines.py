@@ -680,3 +680,11 @@ def test_snapshot_update_new_only_records_a_missing_baseline_and_keeps_the_other
     result.assert_outcomes(passed=2)
     assert (site / "test_gate[tiny-reference].json").is_file()  # the missing one was recorded, not failed
     assert kept.read_text() == dumps(record({"perplexity": 1.0}))
+
+
+def test_a_failing_body_never_records_or_refreshes_its_baseline(run_quant, pytester: pytest.Pytester) -> None:
+    failing = GATED.replace("def test_gate(quant_model):\n    pass", "def test_gate(quant_model):\n    raise AssertionError('body')")
+    result = run_quant(failing, *REFERENCE, "--snapshot-update")
+    result.assert_outcomes(failed=1)
+    assert not (pytester.path / SITE / "test_gate[tiny-reference].json").exists()
+    assert "not recorded or refreshed: the test body failed" in result.stdout.str()
