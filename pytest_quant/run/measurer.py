@@ -66,11 +66,13 @@ class Measurer:
         self._settings = settings
         self._progress = progress
 
-    def measure(self, live: LiveModel, needs: frozenset[str], reference: ReferenceData | None) -> ReferenceData:
+    def measure(self, live: LiveModel, needs: frozenset[str], reference: ReferenceData | None,
+                every_mode: bool = False) -> ReferenceData:
         """Measure what is asked and not yet known: quality, then decode speed, then generations, then memory,
         read last so that it holds the peaks of the phases that ran (the evaluation's is reported, never
         budgeted). ``reference``: what the reference left to compare with (None for the reference itself and a
-        pre-quantized checkpoint). Returns what this model leaves for others to compare with (its kept
+        pre-quantized checkpoint). ``every_mode``: time decode in every mode below the pair's too (a reference whose
+        variants' min_ratio may run in a lower mode). Returns what this model leaves for others to compare with (its kept
         predictions and generations, when it is a reference)."""
         pair = live.pair
         if live.model is None:
@@ -86,7 +88,7 @@ class Measurer:
                 batch = int(need.partition(":")[2] or self._settings.decode_batch)
                 if self._ledger.own(pair).throughput_at(batch) is None:
                     with live.tracker.phase("generate"):
-                        self._throughput(live, batch)
+                        self._throughput(live, batch, every_mode)
             elif need.startswith("generation:") and not self._ledger.own(pair).has(need):
                 tokens = int(need.partition(":")[2])
                 generated = self._generation(live, tokens, reference)
@@ -97,14 +99,14 @@ class Measurer:
             self._ledger.record(pair, vram=live.tracker.read(live.model))
         return left
 
-    def _throughput(self, live: LiveModel, batch: int) -> None:
+    def _throughput(self, live: LiveModel, batch: int, every_mode: bool) -> None:
         """Decode timed in the pair's mode; the reference also in every mode below it, so that a recipe that
         falls back (or pins a lower mode) is compared with the reference timed the same way."""
         from ..measure.throughput import CHAIN
 
         mode = decode_mode_of(live.pair.recipe, self._settings)
         throughput, timing_s = self._time(live, batch, mode)
-        if live.pair.recipe.is_reference and not self._settings.sharded:
+        if every_mode and not self._settings.sharded:
             ran = CHAIN.index(throughput.decode_mode)
             extra = tuple(self._time(live, batch, lower)[0] for lower in CHAIN[ran + 1:]
                           if device_kind(live.device) == "cuda")

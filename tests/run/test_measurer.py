@@ -35,3 +35,33 @@ def test_a_prompt_and_its_generated_tokens_must_fit_the_context() -> None:
     check_context(TINY_DIR, [prompt], [[1] * (context - 8)], 8)  # fits exactly
     with pytest.raises(pytest.fail.Exception, match=r"prompt 'p.txt:3' is 1017 tokens; with the 8 generated"):
         check_context(TINY_DIR, [prompt], [[1] * (context - 7)], 8)
+
+
+@pytest.mark.parametrize("every_mode, expected", [(True, ["compiled", "cuda-graph", "eager"]), (False, ["compiled"])])
+def test_the_reference_is_timed_in_the_lower_modes_only_when_a_ratio_will_need_them(monkeypatch, every_mode,
+                                                                                   expected) -> None:
+    from pytest_quant.measure import roofline
+    from pytest_quant.measure.throughput import ThroughputMeasurement
+    from pytest_quant.models import TINY_DIR, ModelSource
+    from pytest_quant.run.ledger import Ledger
+    from pytest_quant.run.live import LiveModel
+    from pytest_quant.run.measurer import Measurer
+    from pytest_quant.run.pairs import Pairing
+
+    monkeypatch.setattr(roofline, "memory_bandwidth_bytes_per_s", lambda device: None)  # no GPU to ask
+    pairing = Pairing([ModelSource("tiny", TINY_DIR)], [BUILTIN_RECIPES["reference"]])
+    (pair,) = pairing.pairs
+    ledger = Ledger(pairing, lambda: "cuda:0")
+    measurer = Measurer(ledger, inputs=None, settings=SETTINGS, progress=lambda line: None)
+    timed = []
+
+    def fake_time(live, batch, mode, fallback=True):
+        timed.append(mode)
+        return ThroughputMeasurement(1, 1.0, 1.0, 0, 0, 0, 128, 128, 5, 3, decode_mode=mode), 1.0
+
+    monkeypatch.setattr(measurer, "_time", fake_time)
+    model = type("Model", (), {"get_memory_footprint": lambda self: 1})()
+    measurer._throughput(LiveModel(pair, model, None, None, 0, "cuda:0"), 1, every_mode)
+    assert timed == expected
+    known = ledger.own(pair)
+    assert [known.throughput_at(None, m).decode_mode for m in expected] == expected
