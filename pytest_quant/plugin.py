@@ -13,7 +13,7 @@ from .backends import BUILTIN_BACKENDS, Registry
 from .baselines.plugin import BaselinePlugin, add_ini
 from .options import QuantOptions, add_options, value_or_ini
 from .recipes import RecipeError, available_recipes
-from .report.properties import detail, properties
+from .report.properties import PREFIX, RELEASED, detail, properties
 from .report.summary import SummaryPlugin
 from .run.inputs import few_tokens_note
 from .run.measurer import NEEDS
@@ -242,6 +242,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if call.when == "setup" and report.failed and isinstance(pair, Pair) and not report.user_properties:
         # loading failed: what is known of the pair (names, what the backend said) keeps its FAIL row in the summary
         report.user_properties.extend(properties(item.config.stash[SESSION_KEY].ledger.known(pair)))
+    if call.when != "call":
+        # a model is released when the next pair's setup needs the device (the last one in the session's teardown):
+        # its release time reaches the summary with the report of the phase that released it
+        released = item.config.stash[SESSION_KEY].ledger.unreported_releases()
+        if released:
+            report.user_properties.append((PREFIX + RELEASED, released))
     verdict = item.stash.get(VERDICT_KEY, None)
     if call.when != "call" or verdict is None:
         return report

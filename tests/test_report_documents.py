@@ -29,3 +29,20 @@ def test_the_report_shows_the_first_prompts_outputs_side_by_side_and_the_termina
     assert "<td>bnb-nf4</td><td class=\"out\"> universally &lt;known&gt;</td>" in page
     terminal = "\n".join(table(rows))
     assert "148.100±20" in terminal and "+1.372±0.92" in terminal and "0.00972±0.00034" in terminal
+
+
+def test_a_release_reported_by_a_later_phase_reaches_its_own_row() -> None:
+    """A model is released in the next pair's setup (or the session's teardown): that report carries the
+    release seconds of the pair it released, and they land in that pair's row, not the reporting pair's."""
+    from types import SimpleNamespace
+
+    from pytest_quant.report.rows import Rows
+
+    rows = Rows()
+    for recipe in ("reference", "bnb-nf4"):
+        rows.add(SimpleNamespace(user_properties=[("quant.pair", f"tiny-{recipe}"), ("quant.recipe", recipe)],
+                                 failed=False, skipped=False))
+    rows.add(SimpleNamespace(user_properties=[("quant.released", {"tiny-reference": 0.5, "tiny-gone": 1.0})],
+                             failed=False, skipped=False))
+    assert rows.pairs["tiny-reference"]["release_s"] == 0.5
+    assert "release_s" not in rows.pairs["tiny-bnb-nf4"] and "tiny-gone" not in rows.pairs

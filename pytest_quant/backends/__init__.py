@@ -72,6 +72,7 @@ class Backend:
     requires_of: Callable[[Path], tuple[str, ...]] | str | None = None
     calls_before_load: bool = False
     selectable: bool = True  # False: not a recipe a user names (the pre-quantized checkpoint's)
+    imports: tuple[str, ...] = ()  # what load imports first (modules or "module:function"): timed as import_s
 
     def missing(self, model_path: Path | None = None) -> list[str]:
         """Import names this backend needs that are not installed (checked without importing them)."""
@@ -79,6 +80,17 @@ class Backend:
         if self.requires_of is not None and model_path is not None:
             requires = _resolve(self.requires_of, self.name, "requires_of")(model_path)
         return [name for name in requires if not is_installed(name)]
+
+    def import_libraries(self) -> None:
+        """Import what ``imports`` names (a module, or "module:function" that imports a library the way it
+        must be), so that the import is timed apart from the load."""
+        import importlib
+
+        for entry in self.imports:
+            if ":" in entry:
+                _resolve(entry, self.name, "imports")()
+            else:
+                importlib.import_module(entry)
 
     def runs_on(self, device: str) -> bool:
         return device_kind(device) in self.devices
@@ -174,26 +186,27 @@ BUILTIN_BACKENDS: tuple[Backend, ...] = (
     Backend("reference", f"{_PKG}.reference:load", fields=frozenset({"dtype"}), validate=f"{_PKG}.reference:validate"),
     Backend("bitsandbytes", f"{_PKG}.bitsandbytes:load", ("bitsandbytes",), "pip install 'pytest-quant[bnb]'",
             fields=frozenset({"dequantize"}), config_classes=("BitsAndBytesConfig",),
-            validate=f"{_PKG}.bitsandbytes:validate"),
+            validate=f"{_PKG}.bitsandbytes:validate", imports=("bitsandbytes",)),
     Backend("gptqmodel", f"{_PKG}.gptqmodel:load", ("gptqmodel", "optimum"), "pip install 'pytest-quant[gptq]'",
             fields=frozenset({"method", "kernel", "calibration", "calibration_samples", "calibration_seq_len",
                               "version", "batch_size"}),
             config_classes=("GPTQConfig", "AwqConfig"), validate=f"{_PKG}.gptqmodel_spec:validate",
-            calls_before_load=True),
+            calls_before_load=True, imports=(f"{_PKG}.gptqmodel_spec:import_gptqmodel", "optimum")),
     Backend("torch_dynamic", f"{_PKG}.torch_dynamic:load", install_hint="pip install 'pytest-quant[torchao]'",
             devices=frozenset({"cpu"}), fields=f"{_PKG}.torch_dynamic:FIELDS", validate=f"{_PKG}.torch_dynamic:validate"),
     Backend("torchao", f"{_PKG}.torchao:load", ("torchao",), "pip install 'pytest-quant[torchao]'",
-            fields=f"{_PKG}.torchao:FIELDS", validate=f"{_PKG}.torchao:validate"),
+            fields=f"{_PKG}.torchao:FIELDS", validate=f"{_PKG}.torchao:validate", imports=("torchao.quantization",)),
     Backend("onnxruntime", f"{_PKG}.onnxruntime:load", ("onnxruntime", "onnx", "onnxscript"),
             "pip install 'pytest-quant[onnx]'", devices=frozenset({"cpu"}),
-            fields=f"{_PKG}.onnxruntime:FIELDS", validate=f"{_PKG}.onnxruntime:validate", calls_before_load=True),
+            fields=f"{_PKG}.onnxruntime:FIELDS", validate=f"{_PKG}.onnxruntime:validate", calls_before_load=True,
+            imports=("onnxruntime", "onnx")),
     Backend("neural_compressor", f"{_PKG}.neural_compressor:load", ("neural_compressor",),
             "pip install 'pytest-quant[inc]'", devices=frozenset({"cpu"}),
             fields=f"{_PKG}.neural_compressor:FIELDS", validate=f"{_PKG}.neural_compressor:validate",
-            calls_before_load=True),
+            calls_before_load=True, imports=("neural_compressor.torch.quantization",)),
     Backend("modelopt", f"{_PKG}.modelopt:load", ("modelopt",), "pip install 'pytest-quant[modelopt]'",
             devices=frozenset({"cuda"}), fields=f"{_PKG}.modelopt:FIELDS", validate=f"{_PKG}.modelopt:validate",
-            calls_before_load=True),
+            calls_before_load=True, imports=("modelopt.torch.quantization",)),
     Backend("prequantized", f"{_PKG}.prequantized:load", install_hint="pip install 'pytest-quant[gptq]' (GPTQ, AWQ) "
             "or 'pytest-quant[bnb]' (bitsandbytes)", fields=frozenset({"kernel"}),
             requires_of=f"{_PKG}.checkpoint:requirements", selectable=False),

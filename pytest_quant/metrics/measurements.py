@@ -22,9 +22,11 @@ class Measurements:
     kernel: str = ""
     dtype: str = ""
     cache: str = ""  # "hit", "miss", "rebuilt" or "" where nothing is cached
+    import_s: float | None = None  # importing the backend's libraries, when this pair was the first to need them
     load_s: float | None = None
     quantize_s: float | None = None
     timing_s: float | None = None  # wall time of the throughput measurement, warm-up included
+    release_s: float | None = None  # dropping the model and checking that its memory came back
     vram: Any = None  # measure.vram.VramMeasurement
     throughput: Any = None  # measure.throughput.ThroughputMeasurement
     quality: Any = None  # measure.quality.QualityMeasurement

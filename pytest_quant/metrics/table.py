@@ -186,9 +186,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("eval_tokens", "eval tokens", "tokens", None, 0, _of("quality", "tokens_scored"), str),
     Metric("eval_batch_windows", "eval batch", "windows", None, 0, _of("quality", "eval_batch_windows"), str),
     Metric("eval_s", "evaluation", "seconds", None, 3, _of("quality", "seconds"), _fixed(1, " s")),
+    Metric("import_s", "library import", "seconds", None, 3, lambda m: m.import_s, _fixed(1, " s")),
     Metric("load_s", "load", "seconds", None, 3, lambda m: m.load_s, _fixed(1, " s")),
     Metric("quantize_s", "quantization", "seconds", None, 3, lambda m: m.quantize_s or None, _fixed(1, " s")),
     Metric("timing_s", "timing", "seconds", None, 3, lambda m: m.timing_s, _fixed(1, " s")),
+    Metric("release_s", "release", "seconds", None, 3, lambda m: m.release_s, _fixed(1, " s")),
     # torch.compile of the decode step (compiled mode): reported on its own, never counted as the plugin's overhead
     Metric("decode_compile_s", "decode step compile", "seconds", None, 3, _of("throughput", "compile_s"), _fixed(1, " s")),
 )

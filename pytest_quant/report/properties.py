@@ -8,6 +8,7 @@ from ..metrics import Measurements, flat
 from ..units import format_bytes
 
 PREFIX = "quant."
+RELEASED = "released"  # {pair id: release seconds} of the models a setup or teardown phase released
 
 
 SAMPLE = "generation_sample"

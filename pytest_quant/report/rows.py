@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .columns import cells
-from .properties import PREFIX
+from .properties import PREFIX, RELEASED
 
 # A row's result is the worst of its tests'.
 SEVERITY = {"pass": 0, "xfail": 1, "interrupted": 2, "FAIL": 3}
@@ -20,6 +20,9 @@ class Rows:
 
     def add(self, report) -> None:
         props = {k.removeprefix(PREFIX): v for k, v in getattr(report, "user_properties", ()) if k.startswith(PREFIX)}
+        for pair, seconds in (props.pop(RELEASED, None) or {}).items():
+            if pair in self.pairs:
+                self.pairs[pair]["release_s"] = seconds
         if "pair" not in props:
             return
         row = self.pairs.setdefault(props["pair"], {"result": "pass"})

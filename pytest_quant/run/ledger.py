@@ -16,6 +16,7 @@ class Ledger:
         self._pairing = pairing
         self._device_label = device_label  # a callable: the placement is known only once CUDA is asked
         self._known: dict[str, Measurements] = {}
+        self._releases_reported: set[str] = set()
 
     def _blank(self, pair: Pair) -> Measurements:
         return Measurements(pair.model.name, pair.recipe.name, self._device_label(),
@@ -37,3 +38,10 @@ class Ledger:
         if ref is not None and ref.id in self._known:
             m = dataclasses.replace(m, reference=self._known[ref.id])
         return m
+
+    def unreported_releases(self) -> dict[str, float]:
+        """Release seconds by pair id, of the models released since the last call (each reported once)."""
+        new = {pid: m.release_s for pid, m in self._known.items()
+               if m.release_s is not None and pid not in self._releases_reported}
+        self._releases_reported.update(new)
+        return new

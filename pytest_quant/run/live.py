@@ -96,8 +96,10 @@ class Live:
         trackers: list[VramTracker] = []
         device, devices = self._placement.device, self._placement.devices
         self._progress(f"loading {pair.model.name} under {pair.recipe.name} on {self._placement.label}")
+        backend = self._registry[pair.recipe.backend]
+        import_s = timed_import(backend)
         start = time.perf_counter()
-        loaded = self._registry[pair.recipe.backend].load_model(LoadRequest(
+        loaded = backend.load_model(LoadRequest(
             model_path=pair.model.path, recipe=pair.recipe, device=device, cache_dir=self._cache_dir,
             calibration_text=embedded_calibration_text(), device_map=self._device_map,
             trust_remote_code=self._trust_remote_code, before_load=lambda: trackers.append(VramTracker(device, devices))))
@@ -109,7 +111,7 @@ class Live:
         tracker.loaded()
         hardware = ", ".join(dict.fromkeys(hardware_name(d) for d in devices))
         self._ledger.record(pair, hardware=hardware, kernel=loaded.kernel, dtype=loaded.dtype, cache=loaded.cache,
-                            load_s=load_s, quantize_s=loaded.quantize_seconds or None)
+                            import_s=import_s, load_s=load_s, quantize_s=loaded.quantize_seconds or None)
         quantized = f", quantized in {loaded.quantize_seconds:.1f} s" if loaded.quantize_seconds else ""
         cache = f", cache {loaded.cache}" if loaded.cache else ""
         self._progress(f"{pair.id} loaded in {load_s:.1f} s ({loaded.kernel}{quantized}{cache})")
@@ -120,15 +122,27 @@ class Live:
         """Release a model and check that its GPU memory came back."""
         if self.current is live:
             self.current = None
+        start = time.perf_counter()
         model = weakref.ref(live.model) if live.model is not None else lambda: None
         live.model = live.tokenizer = live.tracker = None
         left = sum(free_device_memory(d) for d in self._placement.devices) - live.allocated_before_bytes
+        self._ledger.record(live.pair, release_s=time.perf_counter() - start)
         if left > RELEASE_SLACK_BYTES:
             held = holders(model()) if model() is not None else []
             warnings.warn(pytest.PytestWarning(
                 f"pytest-quant: {format_bytes(left)} of GPU memory still allocated after releasing {live.pair.id}; "
                 + (f"the model is still held by {', '.join(held)}" if held else "something (a test, a global) "
                    "still holds the model") + ", and later VRAM figures may be inflated"))
+
+
+def timed_import(backend) -> float | None:
+    """Import a backend's libraries before its load is timed: the seconds it took (about 0 once imported; None
+    where the backend names none), so that ``load_s`` is the load and not the library's first import."""
+    if not backend.imports:
+        return None
+    start = time.perf_counter()
+    backend.import_libraries()
+    return time.perf_counter() - start
 
 
 def loaded_problem(loaded) -> str | None:

@@ -30,3 +30,23 @@ def test_holders_names_a_module_global_that_keeps_an_object() -> None:
         assert holders(KEPT) == [f"{__name__}.KEPT"]
     finally:
         KEPT = None
+
+
+def test_a_backend_library_import_is_timed_on_its_own() -> None:
+    """What a backend names in ``imports`` (a module, or "module:function" importing it as it must be) is
+    imported before the timed load: import_s is that; None where a backend names nothing."""
+    from pytest_quant.backends import Backend, BackendError
+    from pytest_quant.run.live import timed_import
+
+    assert timed_import(Backend("plain", "x:y")) is None
+    seconds = timed_import(Backend("std", "x:y", imports=("json", "tests.run.test_live:_record_call")))
+    assert seconds is not None and seconds >= 0 and _CALLS == ["imported"]
+    with pytest.raises(BackendError, match="no_such_module"):
+        timed_import(Backend("bad", "x:y", imports=("no_such_module:f",)))
+
+
+_CALLS: list[str] = []
+
+
+def _record_call() -> None:
+    _CALLS.append("imported")

@@ -30,3 +30,16 @@ def test_the_ledger_records_figures_and_shows_the_references_beside() -> None:
     assert (known.kernel, known.load_s, known.reference.kernel) == ("Linear4bit", 2.0, "Linear")
     assert ledger.own(nf4).reference is None and ledger.known(ref).reference is None
     assert ledger.known(ref).is_reference and not known.is_reference
+
+
+def test_each_release_is_reported_once() -> None:
+    pairing = Pairing([TINY], [BUILTIN_RECIPES["reference"], BUILTIN_RECIPES["bnb-nf4"]])
+    ledger = Ledger(pairing, lambda: "cpu")
+    ref, nf4 = pairing.pairs
+    ledger.record(ref, load_s=1.0)
+    assert ledger.unreported_releases() == {}
+    ledger.record(ref, release_s=0.25)
+    assert ledger.unreported_releases() == {"tiny-reference": 0.25}
+    ledger.record(nf4, release_s=0.5)
+    assert ledger.unreported_releases() == {"tiny-bnb-nf4": 0.5}  # the reference's was reported already
+    assert ledger.unreported_releases() == {}
