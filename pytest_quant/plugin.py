@@ -174,10 +174,16 @@ def quant_model(quant_pair: Pair, request: pytest.FixtureRequest):
 def quant_reference(quant_pair: Pair, request: pytest.FixtureRequest):
     """The unquantized reference of the current model: its measurements (measured once per session)."""
     quant: QuantSession = request.config.stash[SESSION_KEY]
-    if quant.pairing.reference_of(quant_pair.model) is None:
+    reference = quant.pairing.reference_of(quant_pair.model, quant_pair.recipe)
+    if reference is None and quant_pair.recipe.is_reference:  # a reference's own (a user recipe of backend reference:
+        from .recipes import BUILTIN_RECIPES  # the built-in one's, as before)
+
+        reference = Pair(quant_pair.model, BUILTIN_RECIPES["reference"]) if quant_pair.recipe.backend == "reference" \
+            else quant_pair
+    if reference is None:
         pytest.fail(f"quant_reference: {quant_pair.model.name} is a pre-quantized checkpoint and has no unquantized "
                     "reference; gate it with absolute limits or vs='baseline'", pytrace=False)
-    return quant.references.ensure(quant_pair.model)
+    return quant.references.ensure(reference)
 
 
 @pytest.hookimpl(wrapper=True)

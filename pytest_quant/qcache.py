@@ -77,7 +77,8 @@ def model_files(model_path: Path) -> list[Path]:
     Notes, readmes and texts beside them are left out, so editing those does not throw the cache away;
     the tokenizer counts through the calibration tokens it produces.
     """
-    return sorted(p for p in Path(model_path).iterdir() if p.is_file() and (
+    found = [Path(model_path)] if Path(model_path).is_file() else Path(model_path).iterdir()  # a .gguf file: itself
+    return sorted(p for p in found if p.is_file() and (
         p.name == "config.json" or p.name.endswith(WEIGHT_SUFFIXES) or p.name.endswith(".index.json")))
 
 

@@ -35,6 +35,10 @@ class Recipe:
     # compile takes minutes pins "cuda-graph", with the reason recorded in decode_mode_reason
     decode_mode: str | None = None
     decode_mode_reason: str = ""
+    # the recipe this one is compared with (KL, ratios, Δ perplexity); a GGUF recipe's is the unquantized GGUF run
+    # by llama.cpp (gguf-reference), as llama.cpp's perplexity --kl-divergence compares a quant with its F16 base
+    compared_with: str = "reference"
+    serves_as_reference: bool = False  # the reference of the recipes whose compared_with names it
 
     def __post_init__(self) -> None:
         if self.decode_mode is not None and self.decode_mode not in DECODE_MODES:
@@ -50,7 +54,7 @@ class Recipe:
 
     @property
     def is_reference(self) -> bool:
-        return self.backend == "reference"
+        return self.backend == "reference" or self.serves_as_reference
 
 
 def _frozen(settings: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -58,9 +62,26 @@ def _frozen(settings: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 
 def _builtin(name: str, backend: str, description: str, devices: tuple[str, ...] | None = None, default: bool = True,
-             decode_mode: str | None = None, decode_mode_reason: str = "", **settings: Any) -> Recipe:
+             decode_mode: str | None = None, decode_mode_reason: str = "", compared_with: str = "reference",
+             serves_as_reference: bool = False, **settings: Any) -> Recipe:
     return Recipe(name, backend, _frozen(settings), description, devices=frozenset(devices) if devices else None,
-                  default=default, decode_mode=decode_mode, decode_mode_reason=decode_mode_reason)
+                  default=default, decode_mode=decode_mode, decode_mode_reason=decode_mode_reason,
+                  compared_with=compared_with, serves_as_reference=serves_as_reference)
+
+
+GGUF_REFERENCE = "gguf-reference"
+# llama.cpp's own quantizer on the unquantized GGUF (the checkpoint's dtype), run by llama.cpp (backend llama_cpp)
+GGUF_TYPES = (("Q8_0", "8-bit round to nearest, blocks of 32"), ("Q6_K", "6-bit k-quant"),
+              ("Q5_K_M", "5-bit k-quant mix"), ("Q4_K_M", "4-bit k-quant mix"),
+              ("Q4_0", "4-bit round to nearest, blocks of 32"), ("IQ4_XS", "4.25 bpw non-linear i-quant"))
+
+
+def _gguf_recipes() -> tuple[Recipe, ...]:
+    reference = _builtin(GGUF_REFERENCE, "llama_cpp", "the unquantized GGUF (the checkpoint's dtype) run by llama.cpp: the "
+                         "reference of every gguf-* recipe (the Hugging Face reference's figures beside it)",
+                         serves_as_reference=True)
+    return (reference, *(_builtin(f"gguf-{kind.lower()}", "llama_cpp", f"GGUF {kind} ({what}), llama.cpp's quantizer "
+                                  "and runtime", compared_with=GGUF_REFERENCE, type=kind) for kind, what in GGUF_TYPES))
 
 
 BUILTIN_RECIPES: dict[str, Recipe] = {
@@ -123,6 +144,7 @@ BUILTIN_RECIPES: dict[str, Recipe] = {
                  format="fp8"),
         _builtin("modelopt-int4-awq", "modelopt", "NVIDIA Model Optimizer int4 AWQ, group size 128, calibrated",
                  format="int4_awq"),
+        *_gguf_recipes(),
     )
 }
 
@@ -159,7 +181,7 @@ def user_recipe(name: str, table: Mapping[str, Any], registry, source: str = "py
     except ValueError as exc:
         raise RecipeError(f"{where}: {exc}") from None
     return Recipe(name, backend, _frozen(settings), description, builtin=False, decode_mode=decode_mode,
-                  decode_mode_reason=decode_mode_reason)
+                  decode_mode_reason=decode_mode_reason, compared_with=getattr(entry, "reference", "reference"))
 
 
 KNOWN_TOOL_KEYS = ("recipes",)

@@ -93,7 +93,6 @@ def test_the_trust_option_reaches_the_options(pytester: pytest.Pytester) -> None
 
 @pytest.mark.parametrize("weights, message", [
     ("pytorch_model.bin", "holds only pickled weights (pytorch_model.bin); pytest-quant loads *.safetensors only"),
-    ("model.gguf", "holds only GGUF weights (model.gguf), and no pytest-quant backend reads GGUF"),
 ])
 def test_weights_no_backend_should_read_are_refused(tmp_path: Path, weights: str, message: str) -> None:
     folder = model_folder(tmp_path / "m", skip=("model.safetensors",))

@@ -72,6 +72,7 @@ class Backend:
     requires_of: Callable[[Path], tuple[str, ...]] | str | None = None
     calls_before_load: bool = False
     selectable: bool = True  # False: not a recipe a user names (the pre-quantized checkpoint's)
+    reference: str = "reference"  # the recipe a user recipe of this backend is compared with
     imports: tuple[str, ...] = ()  # what load imports first (modules or "module:function"): timed as import_s
 
     def missing(self, model_path: Path | None = None) -> list[str]:
@@ -210,6 +211,10 @@ BUILTIN_BACKENDS: tuple[Backend, ...] = (
     Backend("prequantized", f"{_PKG}.prequantized:load", install_hint="pip install 'pytest-quant[gptq]' (GPTQ, AWQ) "
             "or 'pytest-quant[bnb]' (bitsandbytes)", fields=frozenset({"kernel"}),
             requires_of=f"{_PKG}.checkpoint:requirements", selectable=False),
+    Backend("llama_cpp", f"{_PKG}.llama_cpp:load", ("llama_cpp", "gguf"),
+            "pip install 'pytest-quant[gguf]' (compiles llama.cpp: minutes)",
+            fields=f"{_PKG}.llama_cpp_spec:FIELDS", validate=f"{_PKG}.llama_cpp_spec:validate", calls_before_load=True,
+            reference="gguf-reference"),
 )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models.gguf_header import QUANT_TYPES
+from ..recipes import Recipe
 
 REQUIRES: tuple[str, ...] = ("llama_cpp", "gguf")
 INSTALL_HINT = "pip install 'pytest-quant[gguf]' (builds llama.cpp from source: minutes; CUDA: see the README)"
@@ -21,17 +22,12 @@ FIELDS = frozenset({"type", "source_type", "imatrix", "threads", "n_gpu_layers"}
 DEFAULT_THREADS = 2  # fixed, not the machine's core count: decode figures of one count are comparable
 SOURCE_TYPES = ("F32", "F16", "BF16")
 MODE_PREFIX = "llama.cpp"  # decode_mode of a llama.cpp timing: "llama.cpp-t2" (2 threads)
-REFERENCE_RECIPE = "gguf-reference"
+# a --quant-model that is an already quantized GGUF file: gated as it is, with no reference
+GGUF_PREQUANTIZED = Recipe("gguf-prequantized", "llama_cpp", (), "a GGUF file that is already quantized, run by "
+                           "llama.cpp as it is", compared_with="gguf-prequantized")
 
 # llama.cpp refuses these without an importance matrix (llama-quant.cpp: "requires an importance matrix")
 NEED_IMATRIX = frozenset({"IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M"})
-
-BUILTIN_TYPES = (("Q8_0", "8-bit round to nearest, blocks of 32"),
-                 ("Q6_K", "6-bit k-quant, super-blocks of 256"),
-                 ("Q5_K_M", "5-bit k-quant mix (attn_v and ffn_down at Q6_K in half the layers)"),
-                 ("Q4_K_M", "4-bit k-quant mix (attn_v and ffn_down at Q6_K in half the layers)"),
-                 ("Q4_0", "4-bit round to nearest, blocks of 32, no offset"),
-                 ("IQ4_XS", "4.25 bpw non-linear i-quant"))
 
 
 def canonical_type(value: Any) -> str:
@@ -67,6 +63,26 @@ def validate(settings: dict[str, Any]) -> None:
     layers = settings.get("n_gpu_layers", -1)
     if isinstance(layers, bool) or not isinstance(layers, int) or layers < -1:
         raise ValueError(f"llama_cpp: n_gpu_layers = {layers!r} must be an integer >= -1 (-1: every layer)")
+
+
+def unavailable_reason(recipe: Recipe, model_path: Path) -> str | None:
+    """Why ``recipe`` cannot run on ``model_path`` (None: it can): a Hugging Face recipe on a GGUF file, a GGUF
+    recipe on a folder the converter cannot convert (its reason)."""
+    from ..models import is_gguf_file
+
+    gguf_file = is_gguf_file(model_path)
+    if recipe.backend != "llama_cpp":
+        return (f"recipe {recipe.name} needs a Hugging Face model folder; {model_path} is a GGUF file: only the gguf-* "
+                "recipes run on it") if gguf_file else None
+    if gguf_file:
+        return None
+    from .gguf_convert import ConversionError, check_convertible
+
+    try:
+        check_convertible(model_path)
+    except (ConversionError, OSError, ValueError) as exc:
+        return f"recipe {recipe.name}: {exc}"
+    return None
 
 
 def decode_mode(threads: int) -> str:

@@ -49,14 +49,37 @@ def read_config(model_path: Path) -> dict:
     return config
 
 
+def is_gguf_file(path: Path) -> bool:
+    """Whether a model is a GGUF file (run by the llama_cpp backend) rather than a Hugging Face folder."""
+    return Path(path).suffix.lower() == ".gguf" and Path(path).is_file()
+
+
+def resolve_gguf(value: str, path: Path) -> ModelSource:
+    """A ``.gguf`` file as a model: its header must read (architecture, file type) before anything loads."""
+    from .gguf_header import read_header
+
+    try:
+        header = read_header(path)
+    except ValueError as exc:
+        raise ValueError(f"--quant-model {value!r}: {exc}") from None
+    if not header.architecture:
+        raise ValueError(f"--quant-model {value!r}: {path} has no general.architecture in its GGUF header")
+    return ModelSource(_short_name(path.with_suffix("")), path.resolve())
+
+
 def resolve_model(value: str) -> ModelSource:
-    """``tiny`` or a local folder holding a transformers ``config.json``."""
+    """``tiny``, a local folder holding a transformers ``config.json``, or a ``.gguf`` file (also a folder whose
+    only weights are one ``.gguf`` file)."""
     if value in EMBEDDED:
         return ModelSource(value, EMBEDDED[value])
     path = Path(value).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return resolve_gguf(value, path)
+    if path.is_dir() and not any(path.glob("*.safetensors")) and len(list(path.glob("*.gguf"))) == 1:
+        return resolve_gguf(value, next(path.glob("*.gguf")))
     if not path.is_dir():
         raise ValueError(
-            f"--quant-model {value!r}: no such folder; give a local model folder or one of {sorted(EMBEDDED)}"
+            f"--quant-model {value!r}: no such folder; give a local model folder, a .gguf file or one of {sorted(EMBEDDED)}"
         )
     if not (path / "config.json").is_file():
         raise ValueError(f"--quant-model {value!r}: {path} has no config.json, so it is not a transformers model folder")
@@ -103,8 +126,8 @@ def weights_problem(path: Path) -> str | None:
                 "from_pretrained(folder); model.save_pretrained(folder, safe_serialization=True)")
     gguf = [n for n in names if n.endswith(".gguf")]
     if gguf:
-        return (f"{path} holds only GGUF weights ({', '.join(gguf)}), and no pytest-quant backend reads GGUF; "
-                "give the folder of the original safetensors checkpoint")
+        return (f"{path} holds only GGUF weights, several of them ({', '.join(gguf)}): give the one to gate as "
+                f"--quant-model={path / gguf[0]} (the llama_cpp backend, pytest-quant[gguf])")
     return None
 
 
@@ -139,6 +162,10 @@ def remote_code_files(path: Path) -> list[str]:
 def context_length(path: Path) -> int | None:
     """The model's context in tokens: ``max_position_embeddings`` of config.json (or its text_config, or the
     older names n_positions / max_sequence_length / seq_length); None when it declares none."""
+    if is_gguf_file(path):
+        from .gguf_header import read_header
+
+        return read_header(path).context_length
     config = read_config(path)
     for section in (config, config.get("text_config") if isinstance(config.get("text_config"), dict) else {}):
         for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):

@@ -45,10 +45,12 @@ class Inputs:
         return self.spec.batch_windows
 
     def windows(self, model: ModelSource, tokenizer=None):
-        """The eval text's windows for this model's tokenizer, tokenized once per session."""
+        """The eval text's windows for this model's tokenizer, tokenized once per session and tokenizer family
+        (transformers', or llama.cpp's for a GGUF recipe: each side of a comparison is tokenized by its own runtime)."""
         from ..measure.quality import prepare
 
-        if model.name not in self._windows:
+        key = (model.name, getattr(tokenizer, "pytest_quant_family", "transformers"))
+        if key not in self._windows:
             if tokenizer is None:
                 from ..backends.common import load_tokenizer
 
@@ -64,8 +66,8 @@ class Inputs:
                 pytest.fail(f"{few} (--quant-strict)", pytrace=False)
             if few:
                 warnings.warn(pytest.PytestWarning(few))
-            self._windows[model.name] = windows
-        return self._windows[model.name]
+            self._windows[key] = windows
+        return self._windows[key]
 
     def prompts(self):
         """The generation prompts: --quant-prompts, else openings of the embedded held-out text."""
@@ -80,6 +82,7 @@ class Inputs:
 def _max_positions(model: ModelSource) -> int | None:
     """The model's max_position_embeddings from its config.json (caps the eval context), without loading it."""
     from ..backends.checkpoint import read_config
+    from ..models import context_length, is_gguf_file
 
-    value = read_config(model.path).get("max_position_embeddings")
+    value = context_length(model.path) if is_gguf_file(model.path) else read_config(model.path).get("max_position_embeddings")
     return int(value) if value else None

@@ -34,7 +34,7 @@ class Ledger:
     def known(self, pair: Pair) -> Measurements:
         """What is measured of ``pair`` so far, with its reference's figures beside."""
         m = self.own(pair)
-        ref = None if pair.recipe.is_reference else self._pairing.reference_of(pair.model)
+        ref = self._pairing.reference_of(pair.model, pair.recipe)  # gguf-reference: the Hugging Face one beside
         if ref is not None and ref.id in self._known:
             m = dataclasses.replace(m, reference=self._known[ref.id])
         return m

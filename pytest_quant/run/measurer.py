@@ -106,7 +106,7 @@ class Measurer:
 
         mode = decode_mode_of(live.pair.recipe, self._settings)
         throughput, timing_s = self._time(live, batch, mode)
-        if every_mode and not self._settings.sharded:
+        if every_mode and not self._settings.sharded and throughput.decode_mode in CHAIN:  # llama.cpp: its own mode
             ran = CHAIN.index(throughput.decode_mode)
             extra = tuple(self._time(live, batch, lower)[0] for lower in CHAIN[ran + 1:]
                           if device_kind(live.device) == "cuda")
@@ -133,8 +133,10 @@ class Measurer:
         self._progress(f"{live.pair.id}: timing prefill and {settings['decode_tokens']} decode steps at batch {batch} "
                        f"in {mode} mode ({settings['warmup_runs']} warm-up + {settings['repeats']} timed runs)")
         start = time.perf_counter()
-        throughput = measure_throughput(live.model, prompt, batch_size=batch, mode=mode, fallback=fallback,
-                                        compile_cache_dir=self._settings.compile_cache_dir, **settings)
+        own = getattr(live.model, "measure_throughput", None)  # a runtime timed by its own counters (llama.cpp)
+        throughput = own(prompt, batch_size=batch, **settings) if callable(own) else measure_throughput(
+            live.model, prompt, batch_size=batch, mode=mode, fallback=fallback,
+            compile_cache_dir=self._settings.compile_cache_dir, **settings)
         timing_s = time.perf_counter() - start
         if throughput.compile_s is not None:
             cache = f", inductor cache {throughput.compile_cache}" if throughput.compile_cache else ""

@@ -26,7 +26,7 @@ from .inputs import Inputs
 from .ledger import Ledger
 from .live import Live, LiveModel, Placement
 from .measurer import Measurer, ReferenceData
-from .pairs import Pairing
+from .pairs import Pair, Pairing
 
 # Always measured: its predictions serve every recipe's KL, and its memory costs nothing more.
 ALWAYS = frozenset({"quality", "vram"})
@@ -56,22 +56,20 @@ class References:
         """What every reference must have measured: set once, after collection."""
         self.needs = ALWAYS | needs
 
-    def data(self, model: ModelSource) -> ReferenceData | None:
-        """What a variant of ``model`` is compared with; None for a model without a reference."""
-        return self._data.get(model.name)
+    def data(self, pair: Pair) -> ReferenceData | None:
+        """What a variant compared with the reference ``pair`` is compared with (None: not measured yet)."""
+        return self._data.get(pair.id)
 
-    def _measured(self, model: ModelSource) -> bool:
-        m = self._ledger.own(self._pairing.reference_of(model))
-        return self.data(model) is not None and self.data(model).kept is not None \
+    def _measured(self, pair: Pair) -> bool:
+        m = self._ledger.own(pair)
+        return self.data(pair) is not None and self.data(pair).kept is not None \
             and all(m.has(need) for need in self.needs)
 
-    def ensure(self, model: ModelSource) -> Measurements:
-        """The reference's measurements: from this session, else from the disk cache when that holds all that
-        is needed, else loaded and measured now (or measured in place when it is the live model)."""
-        pair = self._pairing.reference_of(model)
-        if pair is None:
-            raise LookupError(f"{model.name} is a pre-quantized checkpoint: it has no unquantized reference")
-        if not self._measured(model) and not (self.needs <= CACHEABLE and self._restore(model)):
+    def ensure(self, pair: Pair) -> Measurements:
+        """The reference ``pair``'s measurements (``Pairing.reference_of``): from this session, else from the disk
+        cache when that holds all that is needed, else loaded and measured now (or in place when it is live)."""
+        model = pair.model
+        if not self._measured(pair) and not (self.needs <= CACHEABLE and self._restore(model, pair)):
             current = self._live.current
             if current is not None and current.pair == pair:
                 self.measure_live(current)
@@ -86,15 +84,16 @@ class References:
     def measure_live(self, live: LiveModel, needs: frozenset[str] = frozenset()) -> None:
         """Measure the live reference for what the session needs (and ``needs``), keep what it leaves, and cache
         it when its predictions were made now."""
-        model = live.pair.model
+        model, pair = live.pair.model, live.pair
         # its decode in every lower mode only when a variant's min_ratio will compare with it (planned needs)
         every_mode = any(need.startswith("throughput") for need in self.needs)
         left = self._measurer.measure(live, self.needs | needs, None, every_mode=every_mode)
-        data = self._data.setdefault(model.name, ReferenceData())
+        data = self._data.setdefault(pair.id, ReferenceData())
         data.generations.update(left.generations)
         if left.kept is not None:
             data.kept = left.kept
-            self._save(model)
+            if pair.recipe.backend == "reference":  # a GGUF reference is measured each session (not cached)
+                self._save(model)
 
     # -- the disk cache ------------------------------------------------------------------------------
     def _path(self, model: ModelSource) -> tuple[Path, str]:
@@ -125,8 +124,9 @@ class References:
         """Write the reference's kept predictions and figures to the cache (a failure to write is not fatal)."""
         from ..measure.reference import save_reference
 
-        m = self._ledger.own(self._pairing.reference_of(model))
-        data = self.data(model)
+        pair = self._pairing.reference_of(model)
+        m = self._ledger.own(pair)
+        data = self.data(pair)
         if data is None or data.kept is None or m.quality is None or m.vram is None:
             return
         path, key = self._path(model)
@@ -139,7 +139,9 @@ class References:
         except OSError as exc:
             self._progress(f"{model.name}: could not cache the reference in {path}: {exc}")
 
-    def _restore(self, model: ModelSource) -> bool:
+    def _restore(self, model: ModelSource, pair: Pair) -> bool:
+        if pair.recipe.backend != "reference":
+            return False  # only the Hugging Face reference is cached on disk
         from ..measure.quality import QualityMeasurement
         from ..measure.reference import load_reference
         from ..measure.stats import QualityStats
@@ -172,8 +174,8 @@ class References:
             self._progress(f"{model.name}: the cached reference {path.name} is not consistent with itself ({problem}): "
                            "measuring it again")
             return False
-        self._data.setdefault(model.name, ReferenceData()).kept = kept
-        self._ledger.record(self._pairing.reference_of(model), quality=quality, vram=vram, stats=stats,
+        self._data.setdefault(pair.id, ReferenceData()).kept = kept
+        self._ledger.record(pair, quality=quality, vram=vram, stats=stats,
                             kernel=figures.get("kernel", ""), dtype=figures.get("dtype", ""),
                             hardware=figures.get("hardware", ""), cache="hit")
         self._progress(f"{model.name}: reference figures from the cache ({path.name}); not loaded")

@@ -51,6 +51,11 @@ class QuantSession:
         missing = backend.missing(pair.model.path)
         if missing:
             return f"recipe {pair.recipe.name}: {', '.join(missing)} not installed; install it with: {backend.install_hint}"
+        from ..backends.llama_cpp_spec import unavailable_reason
+
+        reason = unavailable_reason(pair.recipe, pair.model.path)  # a GGUF file, a folder llama.cpp cannot take
+        if reason:
+            return reason
         if not runs_on(pair.recipe, self.registry, self.options.device):
             kinds = ", ".join(sorted(pair.recipe.devices or backend.devices))
             return f"recipe {pair.recipe.name} runs on {kinds}, not on {self.options.device}"
@@ -58,8 +63,9 @@ class QuantSession:
 
     def open(self, pair: Pair) -> QuantModel:
         """The pair's model, loaded after its reference is measured (so that no two models are live at once)."""
-        if not pair.recipe.is_reference and self.pairing.reference_of(pair.model) is not None:
-            self.references.ensure(pair.model)
+        reference = self.pairing.reference_of(pair.model, pair.recipe)
+        if reference is not None:  # gguf-reference: the Hugging Face reference, shown beside it
+            self.references.ensure(reference)
         live = self.live.open(pair)
         if pair.recipe.is_reference:
             try:
@@ -76,7 +82,8 @@ class QuantSession:
         if pair.recipe.is_reference:
             self.references.measure_live(live, needs)  # what the reference generates is kept for its variants
         else:
-            self.measurer.measure(live, needs, self.references.data(pair.model))
+            reference = self.pairing.reference_of(pair.model, pair.recipe)
+            self.measurer.measure(live, needs, None if reference is None else self.references.data(reference))
         return self.ledger.known(pair)
 
     def close(self, qm: QuantModel) -> None:
