@@ -15,6 +15,11 @@
 #                                          # resident VRAM and release at 1.1B for modelopt-fp8, bnb-int8, torchao-fp8
 #   bash benchmarks/gpu_session.sh newkind # the shipped gate's reference and bnb recipes on a kind without baselines
 #   bash benchmarks/gpu_session.sh decode3 # the plugin's compiled reference beside the independent probe
+#   bash benchmarks/gpu_session.sh h200a   # issue 19: the GPU tests; the shipped gate cold with --snapshot-update for
+#                                          # the reference, bitsandbytes and torchao recipes (records nvidia-h200)
+#   bash benchmarks/gpu_session.sh h200b   # the same for GPTQ, AWQ and ModelOpt (same /tmp/qc when the machine is kept)
+#   bash benchmarks/gpu_session.sh h200c   # the whole shipped gate against the committed H200 baselines (warm when
+#                                          # /tmp/qc survived from h200a/b), per-phase seconds of both runs
 # QUANT_TREE=DIR runs the project from DIR (an export of a commit, e.g. .gpu-head) instead of the working tree.
 set -uo pipefail
 OUT=${OUT:-/tmp/quant-out}; mkdir -p "$OUT"
@@ -82,6 +87,35 @@ decode|decode2|decode3)
     timeout 110 python3 benchmarks/probe_compiled_decode.py --recipes bf16 --modes compiled+graph \
       --json "$OUT/probe.json" 2>&1 | grep -v "^W1201" | tail -6 | tee "$OUT/probe.log"
   fi
+  ;;
+h200a|h200b|h200c)
+  s0=$(date +%s)
+  python3 -m compileall -q -j 16 /tmp/site > /dev/null 2>&1  # imports in every child process: compile them once
+  echo "compileall $(( $(date +%s) - s0 )) s; /tmp/qc $( [ -d /tmp/qc ] && du -sh /tmp/qc | cut -f1 || echo absent)" \
+    | tee -a "$OUT/machine.txt"
+  hw=baselines/tiny/nvidia-h200
+  gate() {  # $1: seconds at most; $2: a name for the logs; the rest: pytest arguments
+    local limit=$1 name=$2; shift 2
+    local s1=$(date +%s)
+    timeout "$limit" python3 -m pytest suites --quant-gpu --quant-cache-dir=/tmp/qc -p no:cacheprovider --tb=line -rA \
+      --quant-report="$OUT/$name.json" "$@" 2>&1 | grep -v "^W12\|Loading" > "$OUT/$name.log"
+    echo "$name: exit ${PIPESTATUS[0]}, wall $(( $(date +%s) - s1 )) s" | tee -a "$OUT/machine.txt"
+    grep -E "^(FAILED|ERROR)|pytest-quant: no baseline|passed|failed" "$OUT/$name.log" | tail -25
+  }
+  case "$1" in
+  h200a)
+    timeout 150 python3 -m pytest tests/test_gpu.py tests/test_measure_decode.py -q -s -p no:cacheprovider --quant-gpu \
+      -W ignore::FutureWarning 2>&1 | grep -v "^W12" > "$OUT/gpu-tests.log"
+    grep -E "^float|passed|failed|^FAILED|Error" "$OUT/gpu-tests.log" | tail -25
+    gate 300 gate-a --snapshot-update -k "reference or bnb or torchao" ;;
+  h200b)
+    gate 420 gate-b --snapshot-update -k "gptq or awq or modelopt" ;;
+  h200c)  # the cold runs' reports, when carried, under reports/ of the tree
+    gate 300 gate-warm
+    python3 benchmarks/bench_gate_time.py --show $(ls reports/gate-a.json reports/gate-b.json 2>/dev/null) \
+      "$OUT"/gate-warm.json | tee "$OUT/phases.txt" ;;
+  esac
+  tar czf "$OUT/baselines-$1.tgz" $hw 2>/dev/null; ls $hw 2>/dev/null | wc -l
   ;;
 workers)
   python3 -m pytest tests/test_gpu_workers.py tests/test_workers.py -q -p no:cacheprovider 2>&1 | tail -15 \

@@ -166,27 +166,41 @@ def test_keep(quant_model):
 
 
 def test_compiled_step_agrees_with_the_eager_step_on_the_embedded_model() -> None:
-    """On the GPU: the compiled and captured step's first tokens are the eager step's, and fed the eager step's
-    tokens it picks the same greedy token at >= 99% of the steps."""
+    """On the GPU, fed the same tokens: in float32 the compiled and captured step picks the eager step's greedy
+    token at >= 99% of the steps (its first tokens equal, free-running); in float16 (the embedded model's dtype on
+    a GPU) its logits are no further from the eager step's than the eager step's own float16 rounding is from
+    float32, so a flipped token there is a near-tie that float16 itself decides, not a compile defect.
+
+    History: on the H200 (2026-12-01) a 99% agreement bar in float16 failed (98.83% of 256 steps, 92.97% in
+    bfloat16; 100% on CPU in float32): flips that grow with the dtype's rounding, which this test now measures."""
     from transformers import AutoModelForCausalLM
 
-    from pytest_quant.measure.decode_check import greedy_tokens, step_agreement
+    from pytest_quant.measure.decode_check import greedy_tokens, step_agreement, teacher_forced_logits
     from pytest_quant.measure.vram import release
     from pytest_quant.models import TINY_DIR
 
     before = release("cuda")
-    # float16: the dtype the plugin runs the embedded model in on a GPU (its checkpoint's own). On the H200
-    # (2026-12-01) this test FAILED: 98.83% of 256 steps in float16 (3 flips, the first after 11 steps), 92.97% in
-    # bfloat16; on CPU in float32 the same comparison agrees at 100% over 256 steps. Whether the GPU flips are
-    # rounding on a 7M model's flat logits or a compile defect is not settled (benchmarks/RESULTS.md)
-    model = AutoModelForCausalLM.from_pretrained(TINY_DIR, dtype=torch.float16, device_map="cuda").eval()
     prompt = list(range(5, 37))
-    agreement = step_agreement(model, prompt, 256, "compiled")  # one flip in 64 steps was 98.4% on the H200
-    print(agreement)
-    assert agreement.first_token_equal and agreement.leading_equal_steps >= 4, agreement
-    assert agreement.top1_agreement_percent >= 99.0, agreement
-    assert greedy_tokens(model, prompt, 4, "compiled") == greedy_tokens(model, prompt, 4, "static")
-    del model
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 as float32: no TensorFloat-32 rounding on either side
+    try:
+        model = AutoModelForCausalLM.from_pretrained(TINY_DIR, dtype=torch.float32, device_map="cuda").eval()
+        exact = step_agreement(model, prompt, 256, "compiled")
+        print("float32", exact)
+        assert exact.first_token_equal and exact.leading_equal_steps >= 4, exact
+        assert exact.top1_agreement_percent >= 99.0, exact
+        assert greedy_tokens(model, prompt, 4, "compiled") == greedy_tokens(model, prompt, 4, "static")
+        half = AutoModelForCausalLM.from_pretrained(TINY_DIR, dtype=torch.float16, device_map="cuda").eval()
+        agreement = step_agreement(half, prompt, 256, "compiled")
+        tokens = greedy_tokens(half, prompt, 256, "static")[0][:-1]
+        rounding = float((teacher_forced_logits(half, prompt, tokens)[0] - teacher_forced_logits(model, prompt, tokens)[0])
+                         .abs().max())
+        print("float16", agreement, f"float16 rounding of the eager step: {rounding:.4f}")
+        assert agreement.first_token_equal, agreement
+        assert agreement.max_logit_difference <= rounding, (agreement, rounding)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    del model, half
     assert release("cuda") - before <= RELEASE_SLACK_BYTES  # the compiled graphs and their pools are gone
 
 

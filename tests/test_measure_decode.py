@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_quant.measure import decode_graph
-from pytest_quant.measure.decode_check import greedy_tokens, step_agreement
+from pytest_quant.measure.decode_check import greedy_tokens, step_agreement, teacher_forced_logits
 from pytest_quant.measure.decode_graph import CompileError, capture_failure_reason
 from pytest_quant.measure.throughput import measure_throughput, pinned_mode, resolve_mode
 
@@ -133,6 +133,28 @@ def test_capture_failure_reason_names_the_first_error() -> None:
 def test_step_agreement_refuses_an_unknown_path(tiny) -> None:
     with pytest.raises(ValueError, match="'eager'"):
         step_agreement(tiny, PROMPT, 4, "eager")
+    with pytest.raises(ValueError, match="'eager'"):
+        teacher_forced_logits(tiny, PROMPT, [1, 2], "eager")
+
+
+def test_teacher_forced_logits_are_the_full_forward_pass_logits(tiny) -> None:
+    """Each static step fed the next token yields the logits one forward pass over prompt + tokens gives at
+    that position (an independent computation: no cache, no step)."""
+    tokens = [7, 300, 41, 2000, 5]
+    logits, _ = teacher_forced_logits(tiny, PROMPT, tokens)
+    with torch.inference_mode():
+        full = tiny(torch.tensor([PROMPT + tokens])).logits[0, len(PROMPT):].float()
+    assert logits.shape == (len(tokens), tiny.config.vocab_size)
+    assert torch.allclose(logits, full, atol=1e-4), float((logits - full).abs().max())
+
+
+def test_the_compiled_step_agrees_with_the_eager_step_on_cpu_in_float32(tiny, tmp_path) -> None:
+    from pytest_quant.measure.compile_cache import use_directory
+
+    use_directory(tmp_path / "inductor")
+    agreement = step_agreement(tiny, PROMPT, 16, "compiled")
+    assert agreement.first_token_equal and agreement.top1_agreement_percent == 100.0, agreement
+    assert agreement.leading_equal_steps == 16 and agreement.max_logit_difference < 1e-3, agreement
 
 
 @gpu

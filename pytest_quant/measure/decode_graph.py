@@ -55,6 +55,15 @@ class StaticDecoder:
         self.fullgraph: bool | None = None
         self.graph_break = ""  # why fullgraph=True failed, where it did
         self.prefilled = False
+        self.logits = None  # a [batch, vocab] buffer the step also writes its logits into, where a check asks
+
+    def keep_logits(self) -> None:
+        """Make every step also write its last-position logits into ``logits`` (for checks, never when timing;
+        call it before compile() and capture() so that the copy is part of what they record)."""
+        import torch
+
+        self.logits = torch.empty((self.batch_size, self.model.config.vocab_size), dtype=torch.float32,
+                                  device=self.device)
 
     def __enter__(self) -> StaticDecoder:
         return self
@@ -82,6 +91,8 @@ class StaticDecoder:
             input_ids=self.token_ids, position_ids=self.position_ids, past_key_values=self.cache, use_cache=True
         )
         self.token_ids.copy_(out.logits[:, -1:].argmax(-1))
+        if self.logits is not None:
+            self.logits.copy_(out.logits[:, -1])
         self.position_ids.add_(1)
 
     def compile(self) -> float:
@@ -155,7 +166,7 @@ class StaticDecoder:
         if self.cache is not None:
             for layer in self.cache.layers:
                 layer.keys = layer.values = None
-        self.cache = self.token_ids = self.position_ids = self.model = self.forward = None
+        self.cache = self.token_ids = self.position_ids = self.model = self.forward = self.logits = None
         self.compiled = False
 
 
