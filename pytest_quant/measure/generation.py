@@ -34,8 +34,9 @@ class GenerationAgreement:
     samples: tuple[tuple[str, str, str], ...] = ()  # (prompt, reference text, model text) per prompt
 
 
-def greedy_generate(model, tokenizer, prompts_token_ids, max_new_tokens: int) -> Generations:
-    """Greedy (argmax) continuation of each prompt, up to ``max_new_tokens`` or an EOS token.
+def greedy_generate(model, tokenizer, prompts_token_ids, max_new_tokens: int, new_cache=None) -> Generations:
+    """Greedy (argmax) continuation of each prompt, up to ``max_new_tokens`` or an EOS token; ``new_cache``
+    makes each prompt's KV cache (a quantized one), else transformers' dynamic cache.
 
     Decoding is done here rather than through ``model.generate`` so that no generation_config setting
     (sampling, repetition penalty, ...) can change what greedy means. Works for any transformers causal LM.
@@ -54,7 +55,7 @@ def greedy_generate(model, tokenizer, prompts_token_ids, max_new_tokens: int) ->
             if len(prompt_ids) == 0:
                 raise ValueError("a prompt rendered to no tokens")
             inputs = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
-            past = None
+            past = None if new_cache is None else new_cache()
             new: list[int] = []
             while len(new) < max_new_tokens:
                 out = model(input_ids=inputs, past_key_values=past, use_cache=True)

@@ -71,12 +71,13 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def eager_run(model, prompt, decode_tokens: int, tokens: list | None = None) -> tuple[float, float]:
-    """Seconds for the prefill of ``prompt`` and for ``decode_tokens`` greedy steps with the dynamic KV cache."""
+def eager_run(model, prompt, decode_tokens: int, tokens: list | None = None, new_cache=None) -> tuple[float, float]:
+    """Seconds for the prefill of ``prompt`` and for ``decode_tokens`` greedy steps with the dynamic KV cache (or
+    the one ``new_cache`` makes: a quantized cache)."""
     device = prompt.device
     _sync(device)
     t0 = time.perf_counter()
-    out = model(prompt, use_cache=True)
+    out = model(prompt, use_cache=True, past_key_values=None if new_cache is None else new_cache())
     _sync(device)
     t1 = time.perf_counter()
     cache = out.past_key_values
@@ -212,16 +213,20 @@ def measure_throughput(
     *,
     compile_cache_dir: str | os.PathLike | None = None,
     fallback: bool = True,
+    new_cache=None,
 ) -> ThroughputMeasurement:
     """Time ``warmup_runs + repeats`` runs of a prefill of ``batch_size`` copies of ``prompt_ids`` followed by
     ``decode_tokens`` greedy steps, in ``mode`` ("auto": compiled on CUDA, eager on CPU; "compiled",
     "cuda-graph", "eager"), falling back down the chain with the reason unless ``fallback=False``.
-    ``compile_cache_dir``: where inductor and Triton keep their caches (set before the first compile)."""
+    ``compile_cache_dir``: where inductor and Triton keep their caches (set before the first compile).
+    ``new_cache``: makes each run's KV cache (a quantized cache, which only the eager mode can run)."""
     import torch
 
     check_arguments(prompt_ids, decode_tokens, repeats, warmup_runs, batch_size, mode)
     device = model_device(model)
     requested = resolve_mode(mode, device)
+    if new_cache is not None and requested != EAGER:
+        raise ValueError(f"a KV cache of its own (a quantized cache) is decoded eagerly only; mode {requested!r} asked for")
     prompt = torch.tensor([list(prompt_ids)] * batch_size, device=device)
     prefill_rates, decode_rates = [], []
     with torch.inference_mode():
@@ -233,7 +238,7 @@ def measure_throughput(
                 if decoder is not None:
                     prefill_s, decode_s = static_run(decoder, prompt, decode_tokens)
                 else:
-                    prefill_s, decode_s = eager_run(model, prompt, decode_tokens)
+                    prefill_s, decode_s = eager_run(model, prompt, decode_tokens, new_cache=new_cache)
                 if i >= warmup_runs:
                     prefill_rates.append(batch_size * len(prompt_ids) / prefill_s)
                     decode_rates.append(batch_size * decode_tokens / decode_s)
