@@ -83,6 +83,18 @@ def parse_prompts_file(value: str) -> Path:
     return path
 
 
+def parse_tasks_file(value: str) -> Path:
+    """A task file, read and checked now (a bad line is named as file:line), before any model loads."""
+    from .tasks import read_tasks
+
+    path = Path(value).expanduser()
+    try:
+        read_tasks(path)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--quant-tasks {value!r}: {exc}") from None
+    return path
+
+
 DECODE_MODES = ("compiled", "cuda-graph", "eager")  # pytest_quant.recipes.DECODE_MODES
 
 
@@ -148,6 +160,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--quant-report", "write the summary to PATH: .md, .json or .html, with a plot beside it", Path),
     Option("--quant-prompts", "prompts for generation_agreement: a text file, one prompt a line, or .jsonl with "
            '"prompt" or chat "messages" (default: openings of the embedded held-out text)', parse_prompts_file),
+    Option("--quant-tasks", 'items for task_accuracy: a .jsonl file, one item a line: multiple choice ("question", '
+           '"choices", "answer") or short answer ("question", "answer") (default: the embedded cloze task, written '
+           "from the held-out text)", parse_tasks_file),
     Option("--quant-trust-remote-code", "let transformers run the Python code a model folder ships (auto_map in its "
            "config.json or tokenizer_config.json); without it such a folder is refused at start-up (default: false)",
            ini_type="bool", action="store_true"),
@@ -210,6 +225,7 @@ class QuantOptions:
     device_given: str | None = None  # --quant-device as given (None: the default); pytest_quant.workers reads it
     trust_remote_code: bool = False  # --quant-trust-remote-code: passed to every from_pretrained (LoadRequest)
     decode_mode: str = "eager"  # --quant-decode-mode: measure.throughput's mode (a recipe's decode_mode may lower it)
+    tasks: Path | None = None  # --quant-tasks; None: pytest_quant.tasks.cloze_task
 
     @property
     def sharded(self) -> bool:
@@ -259,4 +275,5 @@ class QuantOptions:
             device_given=device_given,
             trust_remote_code=bool(value_or_ini(config, "--quant-trust-remote-code")),
             decode_mode=decode_mode,
+            tasks=value_or_ini(config, "--quant-tasks"),
         )

@@ -15,7 +15,7 @@ import pytest
 # Options whose value is a path: written as ``--flag PATH`` with no test path, pytest's rootdir and ini-file
 # discovery (which runs before plugins' options are known) takes PATH for a test path.
 PATH_FLAGS = ("--quant-model", "--quant-eval-text", "--quant-baseline-dir", "--quant-cache-dir", "--quant-report",
-              "--quant-prompts")
+              "--quant-prompts", "--quant-tasks")
 
 
 def check_start(config: pytest.Config, options) -> None:

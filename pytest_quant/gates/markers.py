@@ -4,6 +4,7 @@ validates a marker's arguments when the test is set up (a bad value is an error 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -15,6 +16,10 @@ from ..units import parse_bytes
 from .checks import PHASES, check_tokens_per_second, check_vram
 from .limits import Limits, Violation
 from .quality import CONFIDENCE_KEYWORDS, DEFAULT_GENERATION_TOKENS, check_generation, check_kl, check_perplexity
+from .tasks import DEFAULT_TASK_CONFIDENCE, TASK_SCORES, check_layer_error, check_task_accuracy
+
+# a failed gate of these names the worst layers (measured with quality and tasks: measure.layers)
+NAMES_LAYERS = frozenset({"perplexity_delta", "kl_divergence", "generation_agreement", "task_accuracy"})
 
 BASELINE_HELP = 'vs="baseline" (tolerance=...) compares with the stored baseline'
 
@@ -86,6 +91,12 @@ def parse(spec: MarkerSpec, args: tuple, kwargs: dict[str, Any]) -> Limits:
         needs = frozenset({f"throughput:{batch}"})
     if name in CONFIDENCE_KEYWORDS and "confidence" in given:
         options["confidence"] = _confidence(name, given.pop("confidence"), given)
+    if name == "task_accuracy":
+        options.setdefault("confidence", DEFAULT_TASK_CONFIDENCE)  # always judged by the paired bound
+        score = given.pop("score", "acc")
+        if score not in TASK_SCORES:
+            raise MarkerError(f"@pytest.mark.task_accuracy(score={score!r}): accepted: {', '.join(map(repr, TASK_SCORES))}")
+        options["score"] = score
     if name == "generation_agreement":
         tokens = given.pop("tokens", DEFAULT_GENERATION_TOKENS)
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
@@ -127,7 +138,8 @@ def parse(spec: MarkerSpec, args: tuple, kwargs: dict[str, Any]) -> Limits:
         else:
             # upper limits may be 0 (no worse at all); floors and ratios must be positive
             values[key] = _number(name, key, value, allow_zero=key.startswith("max"),
-                                  maximum=100.0 if key in ("min_top1", "min_exact_percent") else None)
+                                  maximum=100.0 if key in ("min_top1", "min_exact_percent", "min_accuracy", "max_drop")
+                                  else 1.0 if key == "min_cosine" else None)
     reference_needs = frozenset(needs) if set(given) & spec.ratio_keywords else frozenset()
     notes = ()
     if name == "kl_divergence" and 0 < values.get("min_top1", 100.0) <= 1:
@@ -176,6 +188,16 @@ MARKERS: dict[str, MarkerSpec] = {
                            "the mean tokens before the first divergence",
                    ratio_keywords=frozenset({"min_exact_percent", "min_prefix_tokens"}), options=("tokens",),
                    baseline=False),
+        MarkerSpec("task_accuracy", ("max_drop", "min_accuracy"), frozenset({"tasks"}), check_task_accuracy,
+                   meaning="the --quant-tasks items (default: the embedded cloze task) answered by both models: the "
+                           "one-sided bound (confidence=, default 0.95) of the paired accuracy drop at most max_drop "
+                           "points, the Wilson bound of the accuracy at least min_accuracy percent; score=\"acc_norm\": "
+                           "length-normalised choices and normalised short answers",
+                   ratio_keywords=frozenset({"max_drop"}), options=("confidence", "score"), baseline=False),
+        MarkerSpec("layer_error", ("min_sqnr_db", "min_cosine"), frozenset({"layers"}), check_layer_error,
+                   meaning="each decoder layer's and the lm_head's own error, run on the reference's input to it: "
+                           "SQNR at least min_sqnr_db dB, per-token cosine similarity at least min_cosine",
+                   ratio_keywords=frozenset({"min_sqnr_db", "min_cosine"}), baseline=False),
     )
 }
 
@@ -192,7 +214,9 @@ def check(limits: Limits, metrics: Measurements) -> list[Violation]:
         return [Violation(limits.marker, f"@pytest.mark.{limits.marker}({', '.join(relative)}=...) compares with the "
                           f"unquantized reference, and {metrics.model} is a pre-quantized checkpoint without one: gate it "
                           f"with absolute limits or vs='baseline' {metrics.where}", float("nan"), float("nan"), "")]
-    return spec.check(metrics, limits) if limits.values else []
+    found = spec.check(metrics, limits) if limits.values else []
+    where = metrics.layers.sentence() if limits.marker in NAMES_LAYERS and metrics.layers is not None else ""
+    return [dataclasses.replace(v, reason=f"{v.reason}; {where}") for v in found] if where else found
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from .limits import Limits, Violation
 
 DEFAULT_GENERATION_TOKENS = 32
 # keywords whose limit confidence= applies to; percentiles have no standard error and are compared as measured
-CONFIDENCE_KEYWORDS = {"perplexity_delta": ("max", "max_rel"), "kl_divergence": ("max_mean", "max_rms_delta_p", "min_top1")}
+CONFIDENCE_KEYWORDS = {"perplexity_delta": ("max", "max_rel"), "kl_divergence": ("max_mean", "max_rms_delta_p", "min_top1"),
+                       "task_accuracy": ("max_drop", "min_accuracy")}
 
 
 def check_perplexity(m: Measurements, limits: Limits) -> list[Violation]:

@@ -36,6 +36,8 @@ class Measurements:
     # own: against itself); None without a reference (a pre-quantized checkpoint)
     stats: Any = None
     generations: tuple = ()  # measure.generation.GenerationAgreement, one per number of tokens compared
+    tasks: Any = None  # measure.tasks.TaskMeasurement: its answers to the task items against the reference's
+    layers: Any = None  # measure.layers.LayerErrors: each decoder layer's own error against the reference's
     reference: "Measurements | None" = None
     is_reference: bool = False  # the unquantized model itself: limits relative to it do not apply
 
@@ -60,7 +62,8 @@ class Measurements:
         return self.generation_at(None)
 
     def has(self, need: str) -> bool:
-        """Whether a need ("quality", "vram", "throughput", "throughput:N", "generation:N") is measured."""
+        """Whether a need ("quality", "vram", "throughput", "throughput:N", "generation:N", "tasks", "layers") is
+        measured."""
         name, _, number = need.partition(":")
         if name == "throughput":
             return self.throughput_at(int(number) if number else None) is not None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -145,6 +146,44 @@ def _stats_metrics() -> tuple[Metric, ...]:
 
 _STATS = _stats_metrics()
 
+
+def _task(score: str, name: str, scale: float = 100.0, relative: bool = False) -> Callable[[Measurements], float | None]:
+    """A figure of the paired task accuracy (measure.paired.PairedAccuracy) under ``score``."""
+    def read(m: Measurements):
+        if m.tasks is None or (relative and (m.is_reference or m.reference is None)):
+            return None
+        return scale * getattr(m.tasks.score(score), name)
+    return read
+
+
+def _task_metrics() -> tuple[Metric, ...]:
+    out = [Metric("task_items", "task items", "items", None, 0, lambda m: None if m.tasks is None else m.tasks.items, str)]
+    for score in ("acc", "acc_norm"):
+        pct, pts = _fixed(2, "%"), _fixed(2, " points", sign=True)
+        out += [Metric(f"task_{score}_percent", f"task {score}", "percent", True, 3, _task(score, "accuracy"), pct),
+                Metric(f"task_{score}_se_percent", f"task {score} SE", "percent", None, 3, _task(score, "accuracy_se"), pct),
+                Metric(f"reference_task_{score}_percent", f"reference task {score}", "percent", None, 3,
+                       _task(score, "reference_accuracy", relative=True), pct),
+                Metric(f"reference_task_{score}_se_percent", f"reference task {score} SE", "percent", None, 3,
+                       _task(score, "reference_accuracy_se", relative=True), pct),
+                Metric(f"task_{score}_difference_points", f"task {score} difference", "percentage points", True, 3,
+                       _task(score, "difference", relative=True), pts),
+                Metric(f"task_{score}_difference_se_points", f"task {score} difference SE (paired)", "percentage points",
+                       None, 3, _task(score, "difference_se", relative=True), pts),
+                Metric(f"task_{score}_lost_items", f"task {score} items lost", "items", None, 0,
+                       _task(score, "losses", 1, relative=True), str),
+                Metric(f"task_{score}_gained_items", f"task {score} items gained", "items", None, 0,
+                       _task(score, "gains", 1, relative=True), str),
+                Metric(f"task_{score}_mcnemar_p", f"task {score} McNemar exact p", "probability", None, 6,
+                       _task(score, "mcnemar_p", 1, relative=True), _fixed(4))]
+    finite = lambda v: v if v is not None and math.isfinite(v) else None  # an untouched layer: inf dB, not shown  # noqa: E731
+    layer = lambda name: lambda m: finite(getattr(m.layers, name)) if getattr(m.layers, "layers", None) else None  # noqa: E731
+    head = lambda m: finite(next((e.sqnr_db for e in getattr(m.layers, "layers", ()) if e.name == "lm_head"), None))  # noqa: E731
+    out += [Metric("min_layer_sqnr_db", "lowest own layer SQNR", "dB", True, 3, layer("min_sqnr_db"), _fixed(1, " dB")),
+            Metric("lm_head_sqnr_db", "lm_head own SQNR", "dB", True, 3, head, _fixed(1, " dB")),
+            Metric("min_layer_cosine", "lowest own layer cosine", "cosine", True, 6, layer("min_cosine"), _fixed(5))]
+    return tuple(out)
+
 METRICS: tuple[Metric, ...] = (
     # What a deployer budgets: allocator memory the loaded model holds (GPU), the model footprint (CPU).
     Metric("vram_resident_bytes", "VRAM resident", "bytes", False, 0, _of("vram", "resident_bytes"), format_bytes),
@@ -183,6 +222,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("generation_prompts", "generation prompts", "prompts", None, 0, _generation("prompts"), str),
     Metric("generation_tokens", "generated tokens", "tokens", None, 0, _generation("generated_tokens"), str),
     Metric("generation_s", "generation", "seconds", None, 3, _generation("seconds"), _fixed(1, " s")),
+    *_task_metrics(),
     Metric("eval_tokens", "eval tokens", "tokens", None, 0, _of("quality", "tokens_scored"), str),
     Metric("eval_batch_windows", "eval batch", "windows", None, 0, _of("quality", "eval_batch_windows"), str),
     Metric("eval_s", "evaluation", "seconds", None, 3, _of("quality", "seconds"), _fixed(1, " s")),

@@ -26,10 +26,10 @@ def few_tokens_note(scored: int, asked: int, text: Path) -> str | None:
 
 
 class Inputs:
-    """The eval windows (tokenized once per model) and the prompts (read once)."""
+    """The eval windows (tokenized once per model), the prompts and the task items (each read once)."""
 
     def __init__(self, eval_text: Path, eval_tokens: int, prompts_path: Path | None, strict: bool,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, tasks_path: Path | None = None):
         from ..measure.quality import EvalSpec
 
         self.spec = EvalSpec(text_path=eval_text, max_tokens=eval_tokens)  # its batch_windows: the eval batch
@@ -39,6 +39,8 @@ class Inputs:
         self._trust_remote_code = trust_remote_code
         self._windows: dict[str, object] = {}
         self._prompts = None
+        self._tasks_path = tasks_path
+        self._tasks = None
 
     @property
     def batch_windows(self) -> int:
@@ -77,6 +79,19 @@ class Inputs:
             path = self._prompts_path
             self._prompts = read_prompts(path) if path is not None else default_prompts()
         return self._prompts
+
+
+    def tasks(self):
+        """The task items: --quant-tasks, else the embedded cloze task written from the held-out text."""
+        from ..tasks import cloze_task, read_tasks
+
+        if self._tasks is None:
+            self._tasks = read_tasks(self._tasks_path) if self._tasks_path is not None else cloze_task()
+        return self._tasks
+
+    @property
+    def task_name(self) -> str:
+        return Path(self._tasks_path).name if self._tasks_path is not None else "the embedded cloze task"
 
 
 def _max_positions(model: ModelSource) -> int | None:

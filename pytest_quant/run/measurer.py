@@ -1,8 +1,10 @@
 """What a test needs, measured on the live model through ``measure/*``, and written to the ledger.
 
-Needs are "quality", "vram", "throughput" (the session's decode batch), "throughput:N" (another batch) and
-"generation:N" (greedy generations of N tokens against the reference's). The reference's kept predictions and
-generations are returned to the caller (``references``), never stored here.
+Needs are "quality", "vram", "throughput" (the session's decode batch), "throughput:N" (another batch),
+"generation:N" (greedy generations of N tokens against the reference's), "tasks" (the task items answered, against
+the reference's answers) and "layers" (each decoder layer's own error; also measured, cheaply, with quality and
+tasks, so that a failed quality gate can name the worst layers). The reference's kept predictions, generations,
+task answers and layer data are returned to the caller (``references``), never stored here.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class ReferenceData:
 
     kept: Any = None
     generations: dict[int, Any] = field(default_factory=dict)
+    tasks: Any = None  # measure.tasks.TaskAnswers
+    layers: Any = None  # measure.layers.LayerReference
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,16 @@ class Measurer:
                 generated = self._generation(live, tokens, reference)
                 if generated is not None:
                     left.generations[tokens] = generated
+            elif need == "tasks" and self._ledger.own(pair).tasks is None:
+                from .tasks import measure_tasks
+
+                left.tasks = measure_tasks(live, self._inputs, self._ledger, reference, self._progress)
+        own = self._ledger.own(pair)
+        if own.layers is None and ("layers" in needs or own.quality is not None or own.tasks is not None):
+            from .layers import measure_layers
+
+            left.layers = measure_layers(live, self._inputs, self._ledger, reference, self._progress,
+                                         required="layers" in needs)
         after = self._ledger.own(pair)
         if ("vram" in needs and after.vram is None) or (after.vram is not None and after != before):
             self._ledger.record(pair, vram=live.tracker.read(live.model))

@@ -30,8 +30,9 @@ from .pairs import Pair, Pairing
 
 # Always measured: its predictions serve every recipe's KL, and its memory costs nothing more.
 ALWAYS = frozenset({"quality", "vram"})
-# What a cached reference can stand in for without loading the model.
-CACHEABLE = frozenset({"quality", "vram"})
+# What a cached reference can stand in for without loading the model (its task answers and layer data are kept
+# beside it: run.reference_extras).
+CACHEABLE = frozenset({"quality", "vram", "tasks", "layers"})
 CACHE_SUBDIR = "references"
 KEY_LIBRARIES = ("torch", "transformers", "accelerate")
 CONSISTENT_REL = 1e-6  # stored figures against the same figures derived from the stored log-probabilities
@@ -90,6 +91,10 @@ class References:
         left = self._measurer.measure(live, self.needs | needs, None, every_mode=every_mode)
         data = self._data.setdefault(pair.id, ReferenceData())
         data.generations.update(left.generations)
+        data.tasks = left.tasks if left.tasks is not None else data.tasks
+        data.layers = left.layers if left.layers is not None else data.layers
+        if left.tasks is not None and left.kept is None and pair.recipe.backend == "reference":
+            self._save_extras(model, data)  # answered after its predictions were cached
         if left.kept is not None:
             data.kept = left.kept
             if pair.recipe.backend == "reference":  # a GGUF reference is measured each session (not cached)
@@ -136,6 +141,7 @@ class References:
             figures["stats"] = dataclasses.asdict(m.stats)
         try:
             save_reference(path, data.kept, key, {"figures": json.dumps(figures)})
+            self._save_extras(model, data)
         except OSError as exc:
             self._progress(f"{model.name}: could not cache the reference in {path}: {exc}")
 
@@ -174,12 +180,35 @@ class References:
             self._progress(f"{model.name}: the cached reference {path.name} is not consistent with itself ({problem}): "
                            "measuring it again")
             return False
-        self._data.setdefault(pair.id, ReferenceData()).kept = kept
+        extras = self._restore_extras(model, pair, path, key)
+        if extras is None:
+            return False
+        data = self._data.setdefault(pair.id, ReferenceData())
+        data.kept, data.tasks, data.layers = kept, extras.tasks, extras.layers
         self._ledger.record(pair, quality=quality, vram=vram, stats=stats,
                             kernel=figures.get("kernel", ""), dtype=figures.get("dtype", ""),
                             hardware=figures.get("hardware", ""), cache="hit")
         self._progress(f"{model.name}: reference figures from the cache ({path.name}); not loaded")
         return True
+
+
+    def _save_extras(self, model: ModelSource, data: ReferenceData) -> None:
+        from .reference_extras import save_extras
+
+        path, key = self._path(model)
+        save_extras(path, key, data, self._inputs)
+
+    def _restore_extras(self, model: ModelSource, pair: Pair, path: Path, key: str):
+        """The cached task answers and layer data (what this run needs of them), recorded; None when a needed one
+        cannot be used (the reference is then measured again, with a line saying why)."""
+        from .reference_extras import restore_extras
+
+        found, problem = restore_extras(path, key, self._inputs, model, needs=self.needs)
+        if problem:
+            self._progress(f"{model.name}: the cached reference {path.name}: {problem}: measuring it again")
+            return None
+        self._ledger.record(pair, **found.figures)
+        return found
 
 
 def inconsistency(kept, quality, stats, tokens_scored: int) -> str | None:

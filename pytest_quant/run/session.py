@@ -32,7 +32,7 @@ class QuantSession:
         self.placement = Placement(options.device, options.sharded)
         self.ledger = Ledger(self.pairing, lambda: self.placement.label)
         self.inputs = Inputs(options.eval_text, options.eval_tokens, options.prompts, options.strict,
-                             options.trust_remote_code)
+                             options.trust_remote_code, tasks_path=options.tasks)
         cache_dir = Path(options.cache_dir)
         self.live = Live(registry, self.placement, cache_dir, options.device_map, self.ledger, progress,
                          options.trust_remote_code)
