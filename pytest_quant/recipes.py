@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 DECODE_MODES = ("compiled", "cuda-graph", "eager")  # measure.throughput.CHAIN, fastest first
-PLUGIN_FIELDS = ("decode_mode", "decode_mode_reason")  # fields of every recipe, whatever its backend
+PLUGIN_FIELDS = ("decode_mode", "decode_mode_reason", "kv_cache")  # fields of every recipe, whatever its backend
 
 
 class RecipeError(ValueError):
@@ -39,11 +39,25 @@ class Recipe:
     # by llama.cpp (gguf-reference), as llama.cpp's perplexity --kl-divergence compares a quant with its F16 base
     compared_with: str = "reference"
     serves_as_reference: bool = False  # the reference of the recipes whose compared_with names it
+    kv_cache: str | None = None  # a quantized KV cache (measure.kv_cache.FORMATS), with any weight recipe
 
     def __post_init__(self) -> None:
         if self.decode_mode is not None and self.decode_mode not in DECODE_MODES:
             raise RecipeError(f"recipe {self.name}: decode_mode = {self.decode_mode!r} is not one of "
                               f"{', '.join(DECODE_MODES)}")
+        if self.kv_cache is not None:
+            from .measure.kv_cache import EAGER_REASON, parse
+
+            try:
+                parse(self.kv_cache)
+            except ValueError as exc:
+                raise RecipeError(f"recipe {self.name}: {exc}") from None
+            if self.decode_mode not in (None, "eager"):
+                raise RecipeError(f"recipe {self.name}: decode_mode = {self.decode_mode!r} with kv_cache = "
+                                  f"{self.kv_cache!r}: {EAGER_REASON}; leave decode_mode out or set it to 'eager'")
+            if self.decode_mode is None:
+                object.__setattr__(self, "decode_mode", "eager")
+                object.__setattr__(self, "decode_mode_reason", EAGER_REASON)
 
     def get(self, key: str, default: Any = None) -> Any:
         return dict(self.settings).get(key, default)
@@ -54,7 +68,7 @@ class Recipe:
 
     @property
     def is_reference(self) -> bool:
-        return self.backend == "reference" or self.serves_as_reference
+        return (self.backend == "reference" and self.kv_cache is None) or self.serves_as_reference
 
 
 def _frozen(settings: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -63,10 +77,20 @@ def _frozen(settings: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 def _builtin(name: str, backend: str, description: str, devices: tuple[str, ...] | None = None, default: bool = True,
              decode_mode: str | None = None, decode_mode_reason: str = "", compared_with: str = "reference",
-             serves_as_reference: bool = False, **settings: Any) -> Recipe:
+             serves_as_reference: bool = False, kv_cache: str | None = None, **settings: Any) -> Recipe:
     return Recipe(name, backend, _frozen(settings), description, devices=frozenset(devices) if devices else None,
                   default=default, decode_mode=decode_mode, decode_mode_reason=decode_mode_reason,
-                  compared_with=compared_with, serves_as_reference=serves_as_reference)
+                  compared_with=compared_with, serves_as_reference=serves_as_reference, kv_cache=kv_cache)
+
+
+def _kv_recipes() -> tuple[Recipe, ...]:
+    """The reference and bnb-nf4, each with every quantized KV cache format."""
+    from .measure.kv_cache import FORMATS
+
+    return tuple(_builtin(f"{base}-kv-{kv}", backend, f"{what} with a {FORMATS[kv].description} KV cache", kv_cache=kv,
+                          **settings) for kv in FORMATS for base, backend, what, settings in (
+        ("reference", "reference", "unquantized weights", {}),
+        ("bnb-nf4", "bitsandbytes", "bitsandbytes nf4 weights", {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"})))
 
 
 GGUF_REFERENCE = "gguf-reference"
@@ -144,6 +168,22 @@ BUILTIN_RECIPES: dict[str, Recipe] = {
                  format="fp8"),
         _builtin("modelopt-int4-awq", "modelopt", "NVIDIA Model Optimizer int4 AWQ, group size 128, calibrated",
                  format="int4_awq"),
+        _builtin("modelopt-nvfp4", "modelopt", "NVIDIA Model Optimizer NVFP4 (fp4 e2m1, fp8 scales per 16) weights and "
+                 "activations, calibrated (simulated in PyTorch)", format="nvfp4"),
+        _builtin("torchao-nvfp4", "torchao", "torchao NVFP4 weight-only (fp4 e2m1, fp8 scale per 16 and one per tensor), "
+                 "bfloat16 compute: emulated, FP4 tensor cores are Blackwell's", quant_type="nvfp4_weight_only",
+                 dtype="bfloat16"),
+        _builtin("torchao-mxfp4", "torchao", "torchao MXFP4 weights and activations (fp4 e2m1, power-of-two scale per "
+                 "32), emulated in bfloat16", quant_type="mxfp4_dynamic", dtype="bfloat16"),
+        _builtin("ct-w4a16-g128", "compressed_tensors", "compressed-tensors W4A16 int4 group 128 (pack-quantized), "
+                 "round to nearest", scheme="W4A16"),
+        _builtin("ct-w8a8-int8", "compressed_tensors", "compressed-tensors W8A8 int8 per-channel weights, dynamic "
+                 "per-token int8 activations (int-quantized), round to nearest", scheme="W8A8"),
+        _builtin("ct-fp8-dynamic", "compressed_tensors", "compressed-tensors FP8 dynamic (fp8 per-channel weights, "
+                 "per-token fp8 activations; CUDA)", devices=("cuda",), scheme="FP8_DYNAMIC"),
+        _builtin("autoround-w4g128", "auto_round", "AutoRound W4A16 group 128 (sign-gradient rounding, calibrated), "
+                 "exported in its format", bits=4, group_size=128),
+        *_kv_recipes(),
         *_gguf_recipes(),
     )
 }
@@ -162,6 +202,7 @@ def user_recipe(name: str, table: Mapping[str, Any], registry, source: str = "py
     description = settings.pop("description", "")
     decode_mode = settings.pop("decode_mode", None)
     decode_mode_reason = settings.pop("decode_mode_reason", "")
+    kv_cache = settings.pop("kv_cache", None)
     if decode_mode is not None and decode_mode not in DECODE_MODES:
         raise RecipeError(f"{where}: decode_mode = {decode_mode!r} is not one of {', '.join(DECODE_MODES)}")
     if not isinstance(decode_mode_reason, str):
@@ -180,8 +221,12 @@ def user_recipe(name: str, table: Mapping[str, Any], registry, source: str = "py
         entry.check(settings)
     except ValueError as exc:
         raise RecipeError(f"{where}: {exc}") from None
-    return Recipe(name, backend, _frozen(settings), description, builtin=False, decode_mode=decode_mode,
-                  decode_mode_reason=decode_mode_reason, compared_with=getattr(entry, "reference", "reference"))
+    try:
+        return Recipe(name, backend, _frozen(settings), description, builtin=False, decode_mode=decode_mode,
+                      decode_mode_reason=decode_mode_reason, compared_with=getattr(entry, "reference", "reference"),
+                      kv_cache=kv_cache)
+    except RecipeError as exc:
+        raise RecipeError(f"{where}: {str(exc).partition(': ')[2]}") from None
 
 
 KNOWN_TOOL_KEYS = ("recipes",)
@@ -227,9 +272,24 @@ def available_recipes(pyproject: Path, registry, options) -> tuple[list[Recipe],
     user, notes = load_user_recipes(pyproject, registry)
     available = {**BUILTIN_RECIPES, **user}
     if options.recipe_names is not None:
-        return select(options.recipe_names, available), notes
-    chosen = [r for r in available.values() if r.default and not registry[r.backend].missing() and runs_on(r, registry, options.device)]
+        named = select(options.recipe_names, available)
+        refused = [f"{r.name} runs on {', '.join(sorted(r.devices or registry[r.backend].devices))} only ({r.description})"
+                   for r in named if not runs_on(r, registry, options.device)]
+        if refused:
+            raise RecipeError(f"--quant-recipes: not on {options.device}: {'; '.join(refused)}")
+        return named, notes
+    chosen = [r for r in available.values() if r.default and not missing(r, registry) and runs_on(r, registry, options.device)]
     return chosen, notes
+
+
+def missing(recipe: Recipe, registry, model_path: Path | None = None) -> list[str]:
+    """Import names the recipe needs that are not installed: its backend's, and its KV cache's."""
+    names = registry[recipe.backend].missing(model_path)
+    if recipe.kv_cache is not None:
+        from .measure.kv_cache import missing as kv_missing, parse
+
+        names += kv_missing(parse(recipe.kv_cache))
+    return names
 
 
 def runs_on(recipe: Recipe, registry, device: str) -> bool:

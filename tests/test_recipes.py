@@ -28,7 +28,10 @@ def test_a_user_recipe_pins_a_mode_with_its_reason() -> None:
     assert user_recipe("plain", {"backend": "reference"}, DEFAULT_REGISTRY).decode_mode is None
 
 
-def test_the_float8_recipe_pins_cuda_graph_with_a_reason_and_others_pin_nothing() -> None:
+def test_the_float8_recipe_pins_cuda_graph_kv_cache_recipes_eager_and_others_pin_nothing() -> None:
     assert BUILTIN_RECIPES["torchao-fp8"].decode_mode == "cuda-graph"
     assert "6 minutes" in BUILTIN_RECIPES["torchao-fp8"].decode_mode_reason
-    assert {r.decode_mode for n, r in BUILTIN_RECIPES.items() if n != "torchao-fp8"} == {None}
+    kv = {n for n, r in BUILTIN_RECIPES.items() if r.kv_cache is not None}
+    assert {BUILTIN_RECIPES[n].decode_mode for n in kv} == {"eager"}
+    assert all("quantized KV cache" in BUILTIN_RECIPES[n].decode_mode_reason for n in kv)
+    assert {r.decode_mode for n, r in BUILTIN_RECIPES.items() if n != "torchao-fp8" and n not in kv} == {None}

@@ -208,8 +208,15 @@ BUILTIN_BACKENDS: tuple[Backend, ...] = (
     Backend("modelopt", f"{_PKG}.modelopt:load", ("modelopt",), "pip install 'pytest-quant[modelopt]'",
             devices=frozenset({"cuda"}), fields=f"{_PKG}.modelopt:FIELDS", validate=f"{_PKG}.modelopt:validate",
             calls_before_load=True, imports=("modelopt.torch.quantization",)),
-    Backend("prequantized", f"{_PKG}.prequantized:load", install_hint="pip install 'pytest-quant[gptq]' (GPTQ, AWQ) "
-            "or 'pytest-quant[bnb]' (bitsandbytes)", fields=frozenset({"kernel"}),
+    Backend("compressed_tensors", f"{_PKG}.compressed_tensors:load", ("compressed_tensors",),
+            "pip install 'pytest-quant[ct]'", fields=f"{_PKG}.compressed_tensors:FIELDS",
+            validate=f"{_PKG}.compressed_tensors:validate", calls_before_load=True, imports=("compressed_tensors",)),
+    Backend("auto_round", f"{_PKG}.auto_round:load", ("auto_round",), "pip install 'pytest-quant[autoround]'",
+            fields=f"{_PKG}.auto_round:FIELDS", validate=f"{_PKG}.auto_round:validate", calls_before_load=True,
+            imports=("auto_round",)),
+    Backend("prequantized", f"{_PKG}.prequantized:load", install_hint="pip install 'pytest-quant[gptq]' (GPTQ, AWQ), "
+            "'pytest-quant[bnb]' (bitsandbytes), 'pytest-quant[ct]' (compressed-tensors) or 'pytest-quant[autoround]' "
+            "(AutoRound)", fields=frozenset({"kernel"}),
             requires_of=f"{_PKG}.checkpoint:requirements", selectable=False),
     Backend("llama_cpp", f"{_PKG}.llama_cpp:load", ("llama_cpp", "gguf"),
             "pip install 'pytest-quant[gguf]' (compiles llama.cpp: minutes)",

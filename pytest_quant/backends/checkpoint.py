@@ -13,6 +13,8 @@ REQUIRES_BY_METHOD: dict[str, tuple[str, ...]] = {
     "gptq": ("gptqmodel", "optimum"),
     "awq": ("gptqmodel",),
     "bitsandbytes": ("bitsandbytes",),
+    "compressed-tensors": ("compressed_tensors",),  # llm-compressor's format (vLLM, SGLang)
+    "auto-round": ("auto_round",),
 }
 
 
@@ -64,7 +66,12 @@ def load_checkpoint(path: Path, device: str, kernel: str | None = None, dtype=No
         config.backend = AWQ_CONFIG_NAMES.get(kernel, kernel) if method == "awq" else kernel
         for name, value in load_options.items():
             setattr(config, name, value)
-    elif method != "bitsandbytes":
+    elif method == "compressed-tensors":
+        from .compressed_tensors import load_folder
+
+        model, label = load_folder(Path(path), device, device_map, trust_remote_code)
+        return model, method, label
+    elif method not in ("bitsandbytes", "auto-round"):
         raise ValueError(f"{path}: quantization method {method!r} is not one of {sorted(REQUIRES_BY_METHOD)}")
     dtype = dtype if dtype is not None else default_dtype(Path(path), device)
     with warnings.catch_warnings():

@@ -22,7 +22,8 @@ INSTALL_HINT = "pip install 'pytest-quant[modelopt]'"
 DEVICES = ("cuda",)
 CALLS_BEFORE_LOAD = True
 # format -> the mtq config constant it uses
-FORMATS = {"fp8": "FP8_DEFAULT_CFG", "int4_awq": "INT4_AWQ_CFG", "int8_smoothquant": "INT8_SMOOTHQUANT_CFG"}
+FORMATS = {"fp8": "FP8_DEFAULT_CFG", "int4_awq": "INT4_AWQ_CFG", "int8_smoothquant": "INT8_SMOOTHQUANT_CFG",
+           "nvfp4": "NVFP4_DEFAULT_CFG"}  # nvfp4: fake-quantized (fp4 tensor cores are Blackwell's)
 FIELDS = frozenset({"format", "compress", "calibration", "calibration_samples", "calibration_seq_len"})
 
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {

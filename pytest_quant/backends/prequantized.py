@@ -1,4 +1,5 @@
-"""A model folder whose config.json already carries a quantization_config (GPTQ, AWQ, bitsandbytes).
+"""A model folder whose config.json already carries a quantization_config (GPTQ, AWQ, bitsandbytes,
+compressed-tensors as llm-compressor writes it, AutoRound).
 
 Gated as it is, under the recipe ``prequantized``; the recipe may name a ``kernel``; nothing is quantized or
 cached. A bitsandbytes checkpoint needs bitsandbytes only, not GPTQModel.
@@ -12,7 +13,8 @@ from .checkpoint import load_checkpoint, quantization_method
 from .common import load_tokenizer, quantized_linear_classes
 
 PREQUANTIZED = Recipe("prequantized", "prequantized", (),
-                      "a checkpoint that carries its own quantization_config (GPTQ, AWQ, bitsandbytes)")
+                      "a checkpoint that carries its own quantization_config (GPTQ, AWQ, bitsandbytes, "
+                      "compressed-tensors, AutoRound)")
 
 
 def load(request: LoadRequest) -> Loaded:
@@ -32,6 +34,6 @@ def load(request: LoadRequest) -> Loaded:
         model,
         load_tokenizer(request.model_path, request.trust_remote_code),
         str(model.dtype).removeprefix("torch."),
-        kernel=quantized_linear_classes(model),
+        kernel=kernel if method == "compressed-tensors" else quantized_linear_classes(model),
         notes=notes,
     )

@@ -30,7 +30,13 @@ QUANT_TYPES: dict[str, frozenset[str]] = {
     "float8_weight_only": frozenset({"cpu", "cuda"}),
     "float8_dynamic_activation_float8_weight": frozenset({"cuda"}),  # compute capability >= 8.9
     "intx_weight_only": frozenset({"cpu", "cuda"}),
+    # FP4 (torchao.prototype.mx_formats): bfloat16 weights in; NVFP4 weight-only dequantizes at each matmul, MXFP4
+    # runs the emulated kernel (fp4 matmuls need Blackwell, compute capability 10.0): the quality is the format's,
+    # the speed and memory of the emulation are not those of FP4 tensor cores
+    "nvfp4_weight_only": frozenset({"cpu", "cuda"}),
+    "mxfp4_dynamic": frozenset({"cpu", "cuda"}),
 }
+FP4_TYPES = ("nvfp4_weight_only", "mxfp4_dynamic")
 INT4_PACKING_FORMATS = ("tile_packed_to_4d", "plain", "preshuffled", "plain_int32")
 DTYPES = ("float32", "bfloat16", "float16")
 FIELDS = frozenset(
@@ -91,6 +97,9 @@ def validate(settings: dict[str, Any]) -> None:
     dtype = settings.get("dtype")
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"torchao: dtype = {dtype!r} is not one of {list(DTYPES)}")
+    if quant_type in FP4_TYPES and dtype != "bfloat16":
+        raise ValueError(f"torchao: quant_type = {quant_type!r} quantizes bfloat16 weights: set dtype = 'bfloat16' "
+                         f"(got {dtype!r})")
 
 
 def check_device(quant_type: str, device: str) -> None:
@@ -130,10 +139,24 @@ def quant_config(settings: dict[str, Any]):
         from torchao.quantization.granularity import PerRow
 
         return tq.Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    if quant_type in FP4_TYPES:
+        return _fp4_config(quant_type)
     from torchao.quantization.granularity import PerGroup
 
     bits = int(settings.get("bits", 4))
     return tq.IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{bits}"), granularity=PerGroup(group_size or 128))
+
+
+def _fp4_config(quant_type: str):
+    import torch
+    from torchao.prototype.mx_formats import MXDynamicActivationMXWeightConfig, NVFP4WeightOnlyConfig
+    from torchao.quantization.quantize_.common.kernel_preference import KernelPreference
+
+    if quant_type == "nvfp4_weight_only":
+        return NVFP4WeightOnlyConfig()
+    return MXDynamicActivationMXWeightConfig(activation_dtype=torch.float4_e2m1fn_x2,
+                                             weight_dtype=torch.float4_e2m1fn_x2,
+                                             kernel_preference=KernelPreference.EMULATED)
 
 
 def load(request) -> Loaded:

@@ -48,7 +48,7 @@ def test_backend_modules_import_no_library():
         ("neural_compressor", {"algorithm": "awq"}, ["algorithm", "awq", "rtn"]),
         ("neural_compressor", {"bits": 5}, ["bits", "5"]),
         ("neural_compressor", {"algorithm": "rtn", "calibration_samples": 8}, ["calibration_samples", "rtn"]),
-        ("modelopt", {"format": "nvfp4"}, ["format", "nvfp4", "fp8"]),
+        ("modelopt", {"format": "nvfp8"}, ["format", "nvfp8", "nvfp4"]),
     ],
 )
 def test_validate_names_field_value_and_accepted(module, settings, words):
