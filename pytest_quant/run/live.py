@@ -110,6 +110,10 @@ class Live:
         tracker = trackers[-1]
         tracker.loaded()
         hardware = ", ".join(dict.fromkeys(hardware_name(d) for d in devices))
+        if pair.recipe.kv_cache is not None:  # the report names the cache format beside the weights' kernel
+            from ..measure.kv_cache import parse
+
+            loaded.kernel = f"{loaded.kernel}; {parse(pair.recipe.kv_cache).label}"
         self._ledger.record(pair, hardware=hardware, kernel=loaded.kernel, dtype=loaded.dtype, cache=loaded.cache,
                             import_s=import_s, load_s=load_s, quantize_s=loaded.quantize_seconds or None)
         quantized = f", quantized in {loaded.quantize_seconds:.1f} s" if loaded.quantize_seconds else ""

@@ -150,7 +150,7 @@ class Measurer:
         own = getattr(live.model, "measure_throughput", None)  # a runtime timed by its own counters (llama.cpp)
         throughput = own(prompt, batch_size=batch, **settings) if callable(own) else measure_throughput(
             live.model, prompt, batch_size=batch, mode=mode, fallback=fallback,
-            compile_cache_dir=self._settings.compile_cache_dir, **settings)
+            compile_cache_dir=self._settings.compile_cache_dir, new_cache=kv_cache_factory(live), **settings)
         timing_s = time.perf_counter() - start
         if throughput.compile_s is not None:
             cache = f", inductor cache {throughput.compile_cache}" if throughput.compile_cache else ""
@@ -171,6 +171,16 @@ class Measurer:
         if pair.recipe.is_reference:
             quality, kept, scores = evaluate(live.model, windows, batch,
                                              keep_reference_top_k=self._settings.reference_top_k)
+        elif pair.recipe.kv_cache is not None:  # where a quantized cache acts: decoding, token by token
+            from ..measure.kv_cache import check_window, parse
+            from ..measure.kv_decode import evaluate_decoding
+
+            try:
+                check_window(parse(pair.recipe.kv_cache), windows.context_tokens)
+            except ValueError as exc:
+                pytest.fail(f"pytest-quant: {pair.id}: {exc}", pytrace=False)
+            quality, kept, scores = evaluate_decoding(live.model, windows, kv_cache_factory(live),
+                                                      None if reference is None else reference.kept)
         else:
             quality, kept, scores = evaluate(live.model, windows, batch,
                                              reference=None if reference is None else reference.kept)
@@ -197,7 +207,7 @@ class Measurer:
         rendered = [render(p, live.tokenizer) for p in prompts]
         check_context(pair.model.path, prompts, rendered, tokens)
         self._progress(f"{pair.id}: generating {tokens} tokens greedily from {len(prompts)} prompts")
-        generated = greedy_generate(live.model, live.tokenizer, rendered, tokens)
+        generated = greedy_generate(live.model, live.tokenizer, rendered, tokens, new_cache=kv_cache_factory(live))
         expected = generated if pair.recipe.is_reference else reference.generations.get(tokens)
         if expected is None:
             raise RuntimeError(f"pytest-quant: the reference of {pair.model.name} generated no {tokens} tokens this "
@@ -207,6 +217,16 @@ class Measurer:
         self._progress(f"{pair.id}: {found.exact_match_percent:.1f}% of generations equal the reference's, "
                        f"{found.mean_prefix_tokens:.1f} tokens before the first divergence ({found.seconds:.1f} s)")
         return generated if pair.recipe.is_reference else None
+
+
+def kv_cache_factory(live: LiveModel):
+    """What makes a fresh KV cache for a recipe with a quantized one (``kv_cache``); None: transformers' own."""
+    kv = getattr(live.pair.recipe, "kv_cache", None)
+    if kv is None:
+        return None
+    from ..measure.kv_cache import cache_factory, parse
+
+    return cache_factory(parse(kv), live.model)
 
 
 def check_context(model_path, prompts, rendered, tokens: int) -> None:

@@ -37,7 +37,7 @@ class Pairing:
         if model in self._prequantized:
             return None
         name = "reference" if recipe is None else recipe.compared_with
-        if recipe is not None and (recipe.backend == "reference" or recipe.name == name):
+        if recipe is not None and ((recipe.backend == "reference" and recipe.kv_cache is None) or recipe.name == name):
             return None
         if name == "reference" and is_gguf_file(model.path):
             return None

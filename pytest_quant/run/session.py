@@ -9,7 +9,7 @@ from typing import Callable
 from ..backends import Registry
 from ..metrics import Measurements
 from ..options import QuantOptions
-from ..recipes import Recipe, runs_on
+from ..recipes import Recipe, missing as recipe_missing, runs_on
 from .inputs import Inputs
 from .ledger import Ledger
 from .live import Live, LiveModel, Placement
@@ -48,9 +48,12 @@ class QuantSession:
 
     def unavailable_reason(self, pair: Pair) -> str | None:
         backend = self.registry[pair.recipe.backend]
-        missing = backend.missing(pair.model.path)
+        missing = recipe_missing(pair.recipe, self.registry, pair.model.path)
         if missing:
-            return f"recipe {pair.recipe.name}: {', '.join(missing)} not installed; install it with: {backend.install_hint}"
+            hint = backend.install_hint
+            if pair.recipe.kv_cache is not None and not backend.missing(pair.model.path):
+                from ..measure.kv_cache import INSTALL_HINT as hint
+            return f"recipe {pair.recipe.name}: {', '.join(missing)} not installed; install it with: {hint}"
         from ..backends.llama_cpp_spec import unavailable_reason
 
         reason = unavailable_reason(pair.recipe, pair.model.path)  # a GGUF file, a folder llama.cpp cannot take
