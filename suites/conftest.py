@@ -31,6 +31,10 @@ QUALITY = {
     "reference-kv-int4": (0.01, 0.005, 95.0),
     "reference-kv-int2": (0.03, 0.03, 90.0),
     "bnb-nf4-kv-int2": (0.06, 0.06, 85.0),
+    # GGUF, against the unquantized GGUF run by llama.cpp (gguf-reference); the 4-bit ones take the default
+    "gguf-q8_0": (0.01, 0.005, 95.0),
+    "gguf-q6_k": (0.02, 0.01, 93.0),
+    "gguf-q5_k_m": (0.03, 0.02, 90.0),
 }
 # Quantizations that are calibrated move between machines and library builds (thread count, vector
 # instructions): repeated cold quantizations on one machine are bit-identical (benchmarks/RESULTS.md), but
@@ -47,6 +51,8 @@ BASELINE_TOLERANCE = {
 # 16-bit and the embedded model's untouched embedding (8192 x 256, a third of its weights) keeps a 4-bit
 # recipe near half the reference's resident memory, so there memory is gated against the stored baseline only.
 FOOTPRINT_RATIO = {"4bit": 0.45, "8bit": 0.55}
+# GGUF recipes: the file's size against the unquantized (F16) GGUF's, whose embedding is quantized too
+GGUF_FOOTPRINT_RATIO = {"gguf-q8_0": 0.6, "gguf-q6_k": 0.5, "gguf-q5_k_m": 0.45}
 
 
 def on_gpu(config: pytest.Config) -> bool:
@@ -85,4 +91,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.perplexity_delta(max_rel=max_rel))
             item.add_marker(pytest.mark.kl_divergence(max_mean=max_kl, min_top1=min_top1))
         elif test == "test_memory" and not on_gpu(config) and weights(name) != "reference":
-            item.add_marker(pytest.mark.vram_budget(ratio=FOOTPRINT_RATIO[bits(name)]))
+            ratio = GGUF_FOOTPRINT_RATIO.get(name, 0.4) if pair.recipe.backend == "llama_cpp" else FOOTPRINT_RATIO[bits(name)]
+            item.add_marker(pytest.mark.vram_budget(ratio=ratio))

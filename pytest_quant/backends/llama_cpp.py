@@ -51,9 +51,15 @@ def load(request) -> Loaded:
     request.before_load()
     model = LlamaCppCausalLM(path, threads, layers)
     notes.update(gguf=str(path), file_bytes=model.get_memory_footprint(), buffers=model.buffers, threads=threads)
-    kernel = f"llama.cpp {model.file_type} ({model.tokenizer.pytest_quant_family} tokenizer)"
+    kernel = f"llama.cpp {model.file_type}, {model.tokenizer.pytest_quant_family} tokenizer, {buffers_text(model.buffers)}"
     return Loaded(model, model.tokenizer, model.file_type, kernel=kernel, quantize_seconds=quantize_s + convert_s,
                   cache=status, notes=notes)
+
+
+def buffers_text(buffers: dict[str, int]) -> str:
+    """llama.cpp's own buffers as the kernel column shows them: "buffers model 4.7 + KV 6.0 + compute 17.5 MiB"."""
+    parts = [f"{kind} {size / (1 << 20):.1f}" for kind, size in buffers.items()]
+    return f"buffers {' + '.join(parts)} MiB" if parts else "buffers not reported"
 
 
 def _root(cache_dir: Path | None, subdir: str) -> Path:
