@@ -1,4 +1,5 @@
-"""A recipe's decode_mode pin: validated where the recipe is made, a user recipe's through its table."""
+"""Recipes: a decode_mode pin (validated where the recipe is made, a user recipe's through its table), the FP4 recipes, and
+--quant-recipes refusing a recipe that cannot run on the device."""
 
 from __future__ import annotations
 
@@ -35,3 +36,20 @@ def test_the_float8_recipe_pins_cuda_graph_kv_cache_recipes_eager_and_others_pin
     assert {BUILTIN_RECIPES[n].decode_mode for n in kv} == {"eager"}
     assert all("quantized KV cache" in BUILTIN_RECIPES[n].decode_mode_reason for n in kv)
     assert {r.decode_mode for n, r in BUILTIN_RECIPES.items() if n != "torchao-fp8" and n not in kv} == {None}
+
+
+@pytest.mark.parametrize("recipe", ["modelopt-nvfp4", "ct-fp8-dynamic"])
+def test_naming_a_recipe_its_library_cannot_run_on_cpu_is_a_usage_error(run_quant, recipe) -> None:
+    result = run_quant("def test_q(quant_model):\n    pass\n", f"--quant-recipes=bnb-nf4,{recipe}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--quant-recipes: not on cpu: {recipe} runs on cuda only (*"])
+
+
+def test_the_fp4_recipes_quantize_bfloat16_and_name_their_formats() -> None:
+    from pytest_quant.backends import torchao
+
+    for name in ("torchao-nvfp4", "torchao-mxfp4"):
+        torchao.validate(BUILTIN_RECIPES[name].options)
+    with pytest.raises(ValueError, match="'mxfp4_dynamic' quantizes bfloat16 weights: set dtype = 'bfloat16'"):
+        torchao.validate({"quant_type": "mxfp4_dynamic"})
+    assert BUILTIN_RECIPES["modelopt-nvfp4"].get("format") == "nvfp4"
