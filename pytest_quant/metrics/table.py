@@ -243,7 +243,9 @@ def _rule(marker: str, relative: bool, tolerance_unit: str, cuda: float, cpu: fl
 # Decimals shown in report tables and the terminal (files and baselines keep ``decimals``).
 TABLE_DECIMALS = {"decode_tokens_per_s": 1, "decode_compile_s": 1, "roofline_percent": 2, "perplexity": 3, "delta_perplexity": 3,
                   "mean_kl_nats": 5, "p99_kl_nats": 4, "p999_kl_nats": 4, "max_kl_nats": 4, "rms_delta_p_percent": 3,
-                  "top1_agreement_percent": 2, "generation_exact_match_percent": 1, "generation_mean_prefix_tokens": 1}
+                  "top1_agreement_percent": 2, "generation_exact_match_percent": 1, "generation_mean_prefix_tokens": 1,
+                  "task_acc_percent": 1, "reference_task_acc_percent": 1, "task_acc_difference_points": 1,
+                  "min_layer_sqnr_db": 1}
 # What a stored baseline compares, and with which default tolerance per device kind.
 BASELINE_RULES = {
     # GPU decode is steady once warmed up and synchronised: 10% separates a real regression from

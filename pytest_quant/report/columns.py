@@ -50,6 +50,16 @@ COLUMNS: tuple[Column, ...] = (
     Column("top1_agreement_percent", "top-1 %", "top-1 %", se="top1_agreement_se_percent"),
     Column("generation_exact_match_percent", "generations equal %", "gen =%", terminal=False),
     Column("generation_mean_prefix_tokens", "tokens to divergence", "gen prefix", terminal=False),
+    # task_accuracy (score acc): both models' accuracy, the paired difference, the items flipped each way
+    Column("reference_task_acc_percent", "reference task acc %", "ref task %", terminal=False, optional=True,
+           se="reference_task_acc_se_percent"),
+    Column("task_acc_percent", "task acc %", "task %", terminal=False, optional=True, se="task_acc_se_percent"),
+    Column("task_acc_difference_points", "Δ task acc (points, paired SE)", "Δtask", optional=True,
+           se="task_acc_difference_se_points", sign=True),
+    Column("task_acc_lost_items", "items lost", "lost", terminal=False, optional=True),
+    Column("task_acc_gained_items", "items gained", "gained", terminal=False, optional=True),
+    # layer errors: the lowest own SQNR of a decoder layer or the lm_head
+    Column("min_layer_sqnr_db", "lowest layer SQNR (dB)", "layer dB", optional=True),
     # a GPU kind with no baselines of its own: whose quality baselines gated it
     Column("baseline_from", "quality baseline from", "baseline", text=True, terminal=False, optional=True),
     Column("result", "result", "result", text=True),

@@ -12,6 +12,7 @@ from .. import __version__
 from .columns import cells
 from .properties import SAMPLE
 from .rows import Rows
+from .tasks import markdown_flips
 
 TITLE = "pytest-quant report"
 PLOT_TITLE = "Perplexity against memory, per recipe"
@@ -96,6 +97,7 @@ def markdown(rows: Rows, info: RunInfo, plot_name: str | None = None, plot_note:
         cell = lambda t: t.replace("|", "\\|").replace("\n", " ↵ ")  # noqa: E731
         lines += [f"### {model}: greedy outputs, first {tokens} tokens", "", f"Prompt: {cell(prompt)}", "",
                   "| recipe | output |", "| --- | --- |", *(f"| {r} | {cell(t)} |" for r, t in outputs), ""]
+    lines += markdown_flips(rows)
     if plot_name:
         lines += [f"![{PLOT_TITLE}]({plot_name})", ""]
     elif plot_note:

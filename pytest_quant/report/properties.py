@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 from ..metrics import Measurements, flat
@@ -12,6 +14,8 @@ RELEASED = "released"  # {pair id: release seconds} of the models a setup or tea
 
 
 SAMPLE = "generation_sample"
+FLIPS = "task_flips"  # the first task items answered differently from the reference (score acc), side by side
+LAYER_SQNR = "layer_sqnr_db"  # per decoder layer and lm_head: [own SQNR, cumulative SQNR] in dB (None: unchanged)
 
 
 def properties(m: Measurements) -> list[tuple[str, Any]]:
@@ -21,6 +25,11 @@ def properties(m: Measurements) -> list[tuple[str, Any]]:
     if m.generation is not None and m.generation.samples:
         prompt, reference, output = m.generation.samples[0]
         out.append((PREFIX + SAMPLE, {"prompt": prompt, "reference": reference, "output": output}))
+    if m.tasks is not None and not m.is_reference and m.tasks.flips.get("acc"):
+        out.append((PREFIX + FLIPS, [dataclasses.asdict(f) for f in m.tasks.flips["acc"]]))
+    if m.layers is not None and m.layers.layers:
+        shown = lambda v: round(v, 3) if math.isfinite(v) else None  # noqa: E731
+        out.append((PREFIX + LAYER_SQNR, {e.name: [shown(e.sqnr_db), shown(e.cumulative_sqnr_db)] for e in m.layers.layers}))
     return out
 
 
