@@ -19,7 +19,8 @@ def markdown_flips(rows: Rows) -> list[str]:
     for model, recipe, flips in flipped_items(rows):
         lines += [f"### {model} {recipe}: the first task items answered differently from the reference", "",
                   "| item | question | answer | reference | " + recipe + " |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {cell(f['source'])} | {cell(('…' + f['question'][-80:]) if len(f['question']) > 80 else f['question'])} | {cell(f['expected'])} | {cell(f['reference'])} "
-                  f"| {cell(f['model'])} ({'lost' if f['lost'] else 'gained'}) |" for f in flips]
+        short = lambda q: "…" + q[-80:] if len(q) > 80 else q  # noqa: E731 - the passage's end, before its answer
+        lines += [f"| {cell(f['source'])} | {cell(short(f['question']))} | {cell(f['expected'])} | "
+                  f"{cell(f['reference'])} | {cell(f['model'])} ({'lost' if f['lost'] else 'gained'}) |" for f in flips]
         lines.append("")
     return lines
