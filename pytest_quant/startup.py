@@ -104,11 +104,14 @@ def decode_batch_problem(model_path: Path, batch: int, device: str, flag: str = 
                          devices: tuple[str, ...] | None = None) -> str | None:
     """Why decode timing at ``batch`` cannot run for the model on ``device`` (None when it may); ``devices``:
     every GPU of a model spread over them (their memory is added up)."""
-    from .models import read_config
+    from .models import is_gguf_file, read_config
     from .hardware import device_memory_bytes
     from .qcache import WEIGHT_SUFFIXES
     from .units import format_bytes
 
+    if is_gguf_file(model_path):
+        return (f"{flag} {batch}: {Path(model_path).name} is a GGUF file; llama.cpp's decode is timed one sequence at a "
+                "time here") if batch > 1 else None
     if batch <= 1:
         return None
     weights = sum(p.stat().st_size for p in Path(model_path).iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
