@@ -13,6 +13,14 @@ from pytest_quant.backends import auto_round as ar
 from pytest_quant.models import TINY_DIR
 
 
+def test_importing_the_backend_imports_no_library() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, pytest_quant.backends.auto_round as m; m.validate; "
+            "print([n for n in ('torch', 'auto_round', 'transformers') if n in sys.modules])")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
 @pytest.mark.parametrize("settings, words", [
     ({"bits": 5}, ["bits", "5", "2, 3, 4, 8"]),
     ({"group_size": 0}, ["group_size", "0"]),

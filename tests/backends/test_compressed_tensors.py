@@ -30,6 +30,14 @@ W4A16_CONFIG = {
 }
 
 
+def test_importing_the_backend_imports_no_library() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, pytest_quant.backends.compressed_tensors as m; m.validate; "
+            "print([n for n in ('torch', 'compressed_tensors', 'transformers') if n in sys.modules])")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
 @pytest.mark.parametrize("settings, words", [
     ({"scheme": "W3A16"}, ["scheme", "W3A16", "W4A16", "FP8_DYNAMIC"]),
     ({}, ["scheme", "None"]),
