@@ -395,13 +395,13 @@ def test_weights_replaced_in_place_are_not_scored_against_the_old_reference(pyte
     pytester.makepyfile(STALE_REFERENCE_TEST)
     args = ("-p", "no:cacheprovider", "-s", "--quant-eval-tokens", "256", f"--quant-model={model}",
             "--quant-cache-dir=cache")
-    assert pytester.runpytest_subprocess(*args, "--quant-recipes=reference,bnb-nf4").ret == 0
+    assert pytester.runpytest(*args, "--quant-recipes=reference,bnb-nf4").ret == 0
     time.sleep(2.1)  # past qcache.RACY_WINDOW_NS: the weights' hash is remembered now
-    again = pytester.runpytest_subprocess(*args, "--quant-recipes=bnb-nf4")
+    again = pytester.runpytest(*args, "--quant-recipes=bnb-nf4")
     assert again.ret == 0 and "reference figures from the cache" in again.stdout.str()  # memo and cache in use
     negate_second_half(weights)
     os.utime(weights, ns=(stamp, stamp))
-    changed = pytester.runpytest_subprocess(*args, "--quant-recipes=bnb-nf4")
+    changed = pytester.runpytest(*args, "--quant-recipes=bnb-nf4")
     # before: "reference figures from the cache", then QUANT GATE "perplexity ... over reference 148.114", exit 1
     assert "reference figures from the cache" not in changed.stdout.str()
     assert changed.ret == 0, changed.stdout.str()

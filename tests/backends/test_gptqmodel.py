@@ -66,6 +66,14 @@ def gptq_second(gptq_first, cache_dir):
 
 
 @pytest.fixture(scope="module")
+def prequantized_entry(gptq_first, gptq_second):
+    """The cache entry the child published, loaded by the parent as a pre-quantized checkpoint (once for the
+    module: the two tests that read it load the same folder)."""
+    assert gptq_second.notes["checkpoint"] == gptq_first.notes["checkpoint"]
+    return backends.load(backends.LoadRequest(Path(gptq_first.notes["checkpoint"]), prequantized.PREQUANTIZED, "cpu"))
+
+
+@pytest.fixture(scope="module")
 def eval_ids(gptq_first):
     text = embedded_eval_text().read_text(encoding="utf-8")[:20_000]
     ids = gptq_first.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0, :512]
@@ -205,10 +213,10 @@ def test_environment_lets_gptqmodel_start_on_two_cores(monkeypatch) -> None:
 
 # -- pre-quantized checkpoints ----------------------------------------------------------------------------
 
-def test_a_cache_entry_loads_as_a_prequantized_checkpoint(gptq_second, eval_ids) -> None:
+def test_a_cache_entry_loads_as_a_prequantized_checkpoint(gptq_second, prequantized_entry, eval_ids) -> None:
     entry = Path(gptq_second.notes["checkpoint"])
     assert checkpoint.quantization_method(entry) == "gptq"
-    pre = backends.load(backends.LoadRequest(entry, prequantized.PREQUANTIZED, "cpu"))
+    pre = prequantized_entry
     assert pre.kernel == "TorchLinear" and pre.cache == "" and pre.quantize_seconds == 0.0
     assert pre.notes["method"] == "gptq" and pre.notes["kernel_requested"] == "gptq_torch"
     assert torch.equal(logits(pre.model, eval_ids), logits(gptq_second.model, eval_ids))
@@ -286,7 +294,8 @@ def test_awq_quantizes_without_a_cache_and_round_trips(reference, eval_ids, tmp_
 
 # -- quantizing in a child process --------------------------------------------------------------------------
 
-def test_quantization_runs_in_a_seeded_child_and_publishes_a_loadable_entry(gptq_first, cache_dir, eval_ids) -> None:
+def test_quantization_runs_in_a_seeded_child_and_publishes_a_loadable_entry(gptq_first, prequantized_entry, cache_dir,
+                                                                            eval_ids) -> None:
     import os
 
     from pytest_quant.backends import quantize_child
@@ -301,8 +310,7 @@ def test_quantization_runs_in_a_seeded_child_and_publishes_a_loadable_entry(gptq
     assert set(manifest["inputs"]) == {"model", "quantize", "batch_size", "calibration", "device", "versions"}
     assert not list(entry.parent.glob(".staging-*"))  # published, nothing left half-built
     # The parent loaded the artifact the child saved.
-    pre = backends.load(backends.LoadRequest(entry, prequantized.PREQUANTIZED, "cpu"))
-    assert torch.equal(logits(pre.model, eval_ids), logits(gptq_first.model, eval_ids))
+    assert torch.equal(logits(prequantized_entry.model, eval_ids), logits(gptq_first.model, eval_ids))
 
 
 def test_the_child_gets_the_environment_and_determinism_settings(monkeypatch) -> None:
