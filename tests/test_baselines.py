@@ -472,37 +472,22 @@ def test_markers_added_by_a_conftest_hook_are_compared_and_deselected_baselines_
     assert loads(kept.read_text())["metrics"]["vram_resident_bytes"] == 1
 
 
-MANY = "\n".join(
-    f"""
-@pytest.mark.vram_budget(vs="baseline")
-def test_{name}(quant_model):
-    pass
-"""
-    for name in ("a", "b", "c", "d")
-)
+def test_xdist_workers_write_and_compare_baselines(xdist_session) -> None:
+    # the shared two-worker session of tests/conftest.py: before it, baselines/tiny/cpu held an orphan
+    # (test_gone[tiny-reference]) and another GPU kind's folder a test_a[tiny-reference] baseline
+    generated = len(xdist_session.baseline_names())
+    result = xdist_session.first
+    result.assert_outcomes(passed=xdist_session.passed)
+    result.stdout.fnmatch_lines([f"*{generated} snapshots generated. 1 unused snapshot deleted.*"])
+    assert sorted(xdist_session.baselines) == xdist_session.baseline_names()  # the orphan deleted
+    for recipe in xdist_session.recipes:  # the tests of one pair share its one measurement
+        files = [xdist_session.baselines[f"test_{n}[tiny-{recipe}].json"] for n in "abcd"]
+        assert len({loads(text)["metrics"]["vram_resident_bytes"] for text in files}) == 1
+    assert loads(xdist_session.other_gpu_baseline)["metrics"]["vram_resident_bytes"] == 1
 
-
-def test_xdist_workers_write_and_compare_baselines(run_quant, pytester: pytest.Pytester) -> None:
-    pytest.importorskip("xdist")
-    other = pytester.path / OTHER_GPU
-    other.mkdir(parents=True)
-    gpu_file = other / "test_a[tiny-reference].json"
-    gpu_file.write_text(dumps(record({"vram_resident_bytes": 1}, device="cuda:0")))
-    orphan = pytester.path / SITE / "test_gone[tiny-reference].json"
-    orphan.parent.mkdir(parents=True)
-    orphan.write_text(dumps(record({"vram_resident_bytes": 1})))
-
-    result = run_quant("import pytest\n" + MANY, *REFERENCE, "-n", "2", "--snapshot-update")
-    result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["*4 snapshots generated. 1 unused snapshot deleted.*"])
-    files = sorted((pytester.path / SITE).iterdir())
-    assert [p.name for p in files] == [f"test_{n}[tiny-reference].json" for n in "abcd"]
-    assert len({loads(p.read_text())["metrics"]["vram_resident_bytes"] for p in files}) == 1
-    assert loads(gpu_file.read_text())["metrics"]["vram_resident_bytes"] == 1
-
-    result = run_quant("import pytest\n" + MANY, *REFERENCE, "-n", "2")
-    result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["*4 snapshots passed.*"])
+    result = xdist_session.again
+    result.assert_outcomes(passed=xdist_session.passed)
+    result.stdout.fnmatch_lines([f"*{generated} snapshots passed.*"])
 
 
 def test_two_tests_sharing_a_baseline_file_fail_at_setup(pytester: pytest.Pytester) -> None:

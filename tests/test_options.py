@@ -204,19 +204,10 @@ def test_surface(quant_model, quant_recipe, quant_reference):
 
 
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("xdist"), reason="needs pytest-xdist")
-def test_xdist_summary_gathers_workers_metrics(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        """
-import pytest
-
-@pytest.mark.perplexity_delta(max=100)
-def test_gate(quant_model):
-    pass
-"""
-    )
-    result = pytester.runpytest_subprocess(*FAST, "-p", "no:cacheprovider", "-n", "2",
-                                           "--quant-recipes", "bnb-nf4,bnb-int8")
-    result.assert_outcomes(passed=2)
+def test_xdist_summary_gathers_workers_metrics(xdist_session) -> None:
+    # the shared two-worker session of tests/conftest.py (reference, bnb-nf4, bnb-int8)
+    result = xdist_session.first
+    result.assert_outcomes(passed=xdist_session.passed)
     result.stdout.fnmatch_lines(["*pytest-quant summary*"])
     result.stdout.fnmatch_lines_random(["*tiny*bnb-nf4*cpu*pass*", "*tiny*bnb-int8*cpu*pass*"])
 

@@ -269,32 +269,18 @@ def test_a_real_run_writes_the_markdown_report_and_the_step_summary(pytester: py
     assert summary.read_text().count("| tiny | bnb-nf4 |") == 1
 
 
-GATE_WITH_MEMORY = """
-import pytest
-
-@pytest.mark.vram_budget("1 TiB")
-@pytest.mark.perplexity_delta(max=100)
-def test_gate(quant_model):
-    pass
-"""
-
-
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("xdist"), reason="needs pytest-xdist")
-def test_under_xdist_the_controller_writes_every_row_once(pytester: pytest.Pytester, tmp_path, monkeypatch) -> None:
-    pytester.makepyfile(test_model_repo=GATE_WITH_MEMORY)
-    summary = tmp_path / "summary.md"
-    out = tmp_path / "r.json"
-    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    result = pytester.runpytest_subprocess("--quant-eval-tokens", "512", "-p", "no:cacheprovider", "-n", "2",
-                                           "--quant-recipes", "bnb-nf4,bnb-int8", f"--quant-report={out}")
-    result.assert_outcomes(passed=2)
+def test_under_xdist_the_controller_writes_every_row_once(xdist_session) -> None:
+    # the shared two-worker session of tests/conftest.py (reference, bnb-nf4, bnb-int8; GITHUB_STEP_SUMMARY set)
+    result, out = xdist_session.first, xdist_session.report
+    result.assert_outcomes(passed=xdist_session.passed)
     assert [line for line in result.outlines if line.startswith("pytest-quant report:")] == \
         [f"pytest-quant report: {out} (plot: {out.with_suffix('.png')})"]
-    doc = json.loads(out.read_text())
-    assert sorted(r["recipe"] for r in doc["results"]) == ["bnb-int8", "bnb-nf4"]
+    doc = xdist_session.report_doc
+    assert sorted(r["recipe"] for r in doc["results"]) == ["bnb-int8", "bnb-nf4", "reference"]
     assert all(r["perplexity"] > 1 and r["vram_resident_bytes"] > 0 and r["result"] == "pass" for r in doc["results"])
-    assert doc["plot"] == "r.png" and png_size(out.with_suffix(".png"))
-    text = summary.read_text()
+    assert doc["plot"] == "r.png" and png_size(xdist_session.first_plot)
+    text = xdist_session.step_summary
     assert text.count("### pytest-quant report") == 1 and "| tiny | bnb-int8 |" in text and "| tiny | bnb-nf4 |" in text
 
 

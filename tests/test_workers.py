@@ -5,7 +5,6 @@ torch.cuda's device queries (the real single-GPU run is tests/test_gpu.py, on a 
 from __future__ import annotations
 
 import importlib.util
-import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
@@ -177,45 +176,24 @@ def test_auto_device_needs_gpus(pytester: pytest.Pytester) -> None:
 
 
 # -- the controller merges what the workers measured ----------------------------------------------------------------
-GATED = """
-import os
-import pytest
-
-
-@pytest.mark.perplexity_delta(max_rel=0.5)
-def test_gate(quant_model, record_property):
-    record_property("worker", os.environ["PYTEST_XDIST_WORKER"])
-
-
-@pytest.mark.perplexity_delta(vs="baseline")
-def test_same_as_before(quant_model, record_property):
-    record_property("worker", os.environ["PYTEST_XDIST_WORKER"])
-"""
-
-
 @needs_xdist
-def test_a_pairs_tests_share_a_worker_and_the_controller_merges_rows_and_baselines(pytester: pytest.Pytester,
-                                                                                  tmp_path: Path) -> None:
-    pytester.makepyfile(test_model_repo=GATED)
-    report = tmp_path / "r.json"
-    args = ("-p", "no:cacheprovider", "--quant-eval-tokens", "512", "-n", "2", "--quant-recipes", "reference,bnb-nf4",
-            f"--quant-report={report}", "--junitxml=junit.xml")
-    result = pytester.runpytest_subprocess(*args, "--snapshot-update")
-    result.assert_outcomes(passed=4)
+def test_a_pairs_tests_share_a_worker_and_the_controller_merges_rows_and_baselines(xdist_session) -> None:
+    # the shared two-worker session of tests/conftest.py: reference, bnb-nf4 and bnb-int8, --snapshot-update, then
+    # again with the baselines the workers wrote
+    result = xdist_session.first
+    result.assert_outcomes(passed=xdist_session.passed)
     result.stdout.fnmatch_lines(["*each model x recipe runs whole on one xdist worker*"])
     workers_of: dict[str, set[str]] = {}
-    for case in ET.parse(pytester.path / "junit.xml").iter("testcase"):
-        pair = case.get("name").split("[", 1)[1].split("]", 1)[0]
-        workers_of.setdefault(pair, set()).update(p.get("value") for p in case.iter("property") if p.get("name") == "worker")
-    assert sorted(workers_of) == ["tiny-bnb-nf4", "tiny-reference"]
+    for name, props in xdist_session.junit_cases:
+        pair = name.split("[", 1)[1].split("]", 1)[0]
+        workers_of.setdefault(pair, set()).update(v for k, v in props.items() if k == "worker")
+    assert sorted(workers_of) == ["tiny-bnb-int8", "tiny-bnb-nf4", "tiny-reference"]
     assert all(len(w) == 1 for w in workers_of.values())  # a quantized model loads once, on one worker
-    doc = json.loads(report.read_text())
-    assert sorted((r["recipe"], r["device"], r["result"]) for r in doc["results"]) == [
-        ("bnb-nf4", "cpu", "pass"), ("reference", "cpu", "pass")]
-    written = sorted(p.name for p in (pytester.path / "baselines" / "tiny" / "cpu").iterdir())
-    assert written == ["test_same_as_before[tiny-bnb-nf4].json", "test_same_as_before[tiny-reference].json"]
-    again = pytester.runpytest_subprocess(*args)  # the baselines the workers wrote gate the next run
-    again.assert_outcomes(passed=4)
+    assert sorted((r["recipe"], r["device"], r["result"]) for r in xdist_session.report_doc["results"]) == [
+        ("bnb-int8", "cpu", "pass"), ("bnb-nf4", "cpu", "pass"), ("reference", "cpu", "pass")]
+    assert sorted(xdist_session.baselines) == xdist_session.baseline_names()
+    again = xdist_session.again  # the baselines the workers wrote gate the next run
+    again.assert_outcomes(passed=xdist_session.passed)
     assert "unused" not in again.stdout.str().lower()
 
 
