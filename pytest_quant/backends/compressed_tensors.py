@@ -176,7 +176,10 @@ def load_folder(path: Path, device: str, device_map: str | None = None, trust_re
 
     saved = json.loads((Path(path) / "config.json").read_text())["quantization_config"]
     fp8 = any((g.get("weights") or {}).get("type") == "float" for g in (saved.get("config_groups") or {}).values())
-    optimized = fp8 and str(device).startswith("cuda") and torch.cuda.get_device_capability(torch.device(device)) >= (8, 9)
+    import inspect
+
+    optimized = (fp8 and str(device).startswith("cuda") and torch.cuda.get_device_capability(torch.device(device)) >= (8, 9)
+                 and "use_optimized_inference" in inspect.signature(CompressedTensorsConfig.__init__).parameters)
     extra = {"quantization_config": CompressedTensorsConfig(use_optimized_inference=True)} if optimized else {}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=default_dtype(Path(path), device),
                                                  device_map=device_map or device, trust_remote_code=trust_remote_code,
