@@ -116,12 +116,17 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     """Parse every test's markers once, and decide what each reference must have measured."""
     quant = config.stash[SESSION_KEY]
     needs: set[str] = set()
+    tasks_for: set[str] = set()  # the references whose own tests or variants' answer the task items
     for item in items:
         needs |= gates.gates_of(item).reference_needs
         if "quant_reference" in getattr(item, "fixturenames", ()):
             needs |= set(NEEDS)  # the fixture shows every figure, whatever the order of the tests
+        pair = getattr(getattr(item, "callspec", None), "params", {}).get("quant_pair")
+        if isinstance(pair, Pair) and "tasks" in gates.gates_of(item).needs:
+            reference = pair if pair.recipe.is_reference else quant.pairing.reference_of(pair.model, pair.recipe)
+            tasks_for |= {reference.id} if reference is not None else set()
     # a report shows what the tests measured: writing one adds no measurement ("-" where nothing was asked)
-    quant.references.plan(frozenset(needs))
+    quant.references.plan(frozenset(needs), tasks_for=frozenset(tasks_for))
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -51,11 +51,20 @@ class References:
         self._top_k = top_k
         self._progress = progress
         self.needs = ALWAYS
+        self._tasks_for: frozenset[str] | None = None
         self._data: dict[str, ReferenceData] = {}
 
-    def plan(self, needs: frozenset[str]) -> None:
-        """What every reference must have measured: set once, after collection."""
+    def plan(self, needs: frozenset[str], tasks_for: frozenset[str] | None = None) -> None:
+        """What every reference must have measured: set once, after collection. The task items are answered only
+        by the references ``tasks_for`` names (pair ids; None: all), those whose own tests or variants' need them."""
         self.needs = ALWAYS | needs
+        self._tasks_for = tasks_for
+
+    def needs_of(self, pair: Pair) -> frozenset[str]:
+        """What the reference ``pair`` must have measured (``tasks`` only where planned for it)."""
+        if "tasks" in self.needs and self._tasks_for is not None and pair.id not in self._tasks_for:
+            return self.needs - {"tasks"}
+        return self.needs
 
     def data(self, pair: Pair) -> ReferenceData | None:
         """What a variant compared with the reference ``pair`` is compared with (None: not measured yet)."""
@@ -64,13 +73,13 @@ class References:
     def _measured(self, pair: Pair) -> bool:
         m = self._ledger.own(pair)
         return self.data(pair) is not None and self.data(pair).kept is not None \
-            and all(m.has(need) for need in self.needs)
+            and all(m.has(need) for need in self.needs_of(pair))
 
     def ensure(self, pair: Pair) -> Measurements:
         """The reference ``pair``'s measurements (``Pairing.reference_of``): from this session, else from the disk
         cache when that holds all that is needed, else loaded and measured now (or in place when it is live)."""
         model = pair.model
-        if not self._measured(pair) and not (self.needs <= CACHEABLE and self._restore(model, pair)):
+        if not self._measured(pair) and not (self.needs_of(pair) <= CACHEABLE and self._restore(model, pair)):
             current = self._live.current
             if current is not None and current.pair == pair:
                 self.measure_live(current)
@@ -88,7 +97,7 @@ class References:
         model, pair = live.pair.model, live.pair
         # its decode in every lower mode only when a variant's min_ratio will compare with it (planned needs)
         every_mode = any(need.startswith("throughput") for need in self.needs)
-        left = self._measurer.measure(live, self.needs | needs, None, every_mode=every_mode)
+        left = self._measurer.measure(live, self.needs_of(pair) | needs, None, every_mode=every_mode)
         data = self._data.setdefault(pair.id, ReferenceData())
         data.generations.update(left.generations)
         data.tasks = left.tasks if left.tasks is not None else data.tasks
@@ -203,7 +212,7 @@ class References:
         cannot be used (the reference is then measured again, with a line saying why)."""
         from .reference_extras import restore_extras
 
-        found, problem = restore_extras(path, key, self._inputs, model, needs=self.needs)
+        found, problem = restore_extras(path, key, self._inputs, model, needs=self.needs_of(pair))
         if problem:
             self._progress(f"{model.name}: the cached reference {path.name}: {problem}: measuring it again")
             return None

@@ -103,3 +103,17 @@ def test_a_bad_task_file_is_a_usage_error_naming_its_line(pytester):
     result = pytester.runpytest("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*ini quant_tasks = 'items.jsonl'*items.jsonl:2:*"])
+
+
+def test_only_the_references_whose_tests_or_variants_need_tasks_answer_them():
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from pytest_quant.run.references import References
+
+    references = References(None, None, None, None, None, None, Path("."), 510, lambda message: None)
+    references.plan(frozenset({"quality", "tasks"}), tasks_for=frozenset({"tiny-reference"}))
+    assert "tasks" in references.needs_of(SimpleNamespace(id="tiny-reference"))
+    assert "tasks" not in references.needs_of(SimpleNamespace(id="tiny-gguf-reference"))
+    references.plan(frozenset({"quality"}))
+    assert "tasks" not in references.needs_of(SimpleNamespace(id="tiny-reference"))
