@@ -87,3 +87,33 @@ def test_a_quantized_cache_moves_the_next_token_distributions_int2_more_than_int
     _, figures = decoded
     assert figures["dynamic"].mean_kl_nats < figures["int4"].mean_kl_nats < figures["int2"].mean_kl_nats
     assert figures["int4"].mean_kl_nats > 1e-5  # 32 tokens past the residual of 128: the cache was quantized
+
+
+def test_a_kv_cache_of_the_wrong_kind_in_pyproject_is_a_usage_error_before_any_model_loads(pytester) -> None:
+    pytester.makepyprojecttoml('[tool.pytest-quant.recipes.nf4-kv]\nbackend = "bitsandbytes"\nload_in_4bit = true\n'
+                               'kv_cache = 4\n')
+    pytester.makepyfile("def test_q(quant_model):\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--quant-recipes=nf4-kv")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*[[]tool.pytest-quant.recipes.nf4-kv[]]*field 'kv_cache' is 4 (int)*'int4'*"])
+    assert "loading tiny" not in result.stdout.str()
+
+
+def test_generation_and_decode_timing_run_through_the_cache_factory(tiny) -> None:
+    from transformers import DynamicCache
+
+    from pytest_quant.measure.generation import greedy_generate
+    from pytest_quant.measure.throughput import measure_throughput
+
+    model, tokenizer = tiny
+    prompts = [tokenizer("It was a truth", add_special_tokens=False)["input_ids"]]
+    plain = greedy_generate(model, tokenizer, prompts, 12)
+    through_own = greedy_generate(model, tokenizer, prompts, 12, new_cache=lambda: DynamicCache(config=model.config))
+    int2 = greedy_generate(model, tokenizer, prompts, 12, new_cache=kv_cache.cache_factory(kv_cache.FORMATS["int2"], model))
+    assert through_own.token_ids == plain.token_ids and len(int2.token_ids[0]) == len(plain.token_ids[0])
+    factory = kv_cache.cache_factory(kv_cache.FORMATS["int4"], model)
+    timed = measure_throughput(model, list(range(1, 140)), decode_tokens=4, repeats=1, warmup_runs=0, mode="eager",
+                               new_cache=factory)
+    assert timed.decode_mode == "eager" and timed.decode_tokens_per_s > 0
+    with pytest.raises(ValueError, match="decoded eagerly only; mode 'compiled'"):
+        measure_throughput(model, [1, 2, 3], decode_tokens=2, repeats=1, warmup_runs=0, mode="compiled", new_cache=factory)
