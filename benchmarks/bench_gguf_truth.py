@@ -97,11 +97,10 @@ def plugin_windows(tokenizer, text: str, chunks: int):
     return EvalWindows(tuple(windows), scored, N_CTX, N_CTX, tokenizer.bos_token_id, str(embedded_eval_text()))
 
 
-def plugin_stats(reference_model, model, windows, top_k):
+def plugin_stats(model, windows, kept):
     from pytest_quant.measure.quality import evaluate
     from pytest_quant.measure.stats import quality_stats
 
-    _, kept, _ = evaluate(reference_model, windows, 8, keep_reference_top_k=top_k)
     _, _, scores = evaluate(model, windows, 8, reference=kept)
     return quality_stats(scores.logprob_target, scores.reference_logprob_target, scores.kl_nats, scores.top1_match)
 
@@ -131,6 +130,9 @@ def main() -> int:
     reference = LlamaCppCausalLM(f16, args.threads)
     windows = plugin_windows(reference.tokenizer, text.read_text(encoding="utf-8"), args.chunks)
     print(f"{windows.tokens_scored} scored tokens in {len(windows.windows)} chunks of {N_CTX}")
+    from pytest_quant.measure.quality import evaluate
+
+    kept = {k: evaluate(reference, windows, 8, keep_reference_top_k=k)[1] for k in (510, "exact")}
     failures = []
     for kind in args.types.split(","):
         quant = work / f"tiny-{kind}.gguf"
@@ -138,7 +140,7 @@ def main() -> int:
         out, seconds = run_llama_perplexity(args.llama_perplexity, quant, text, args.chunks, base, args.threads, kl=True)
         theirs = parse(out)
         model = LlamaCppCausalLM(quant, args.threads)
-        ours = {k: plugin_stats(reference, model, windows, k) for k in (510, "exact")}
+        ours = {k: plugin_stats(model, windows, kept[k]) for k in (510, "exact")}
         model.close()
         print(f"\n{kind} (llama-perplexity {seconds:.1f} s)")
         print(f"  {'figure':32} {'llama-perplexity':>17} {'plugin k=510':>14} {'plugin exact':>14}  rel (exact)  equal")

@@ -149,7 +149,8 @@ def quantize(source: Path, out_file: Path, kind: str, imatrix: str | None, threa
     code = llama_cpp.llama_model_quantize(str(source).encode(), str(out_file).encode(), ctypes.byref(params))
     del keep
     if code != 0 or not Path(out_file).is_file():
-        raise RuntimeError(f"llama_cpp: llama_model_quantize({source.name} -> {kind}) failed with code {code}")
+        raise RuntimeError(f"llama_cpp: llama_model_quantize({source.name} -> {kind}) failed with code {code}; llama.cpp's "
+                           "log above says why (a tensor that needs an importance matrix: set imatrix in the recipe)")
 
 
 def imatrix_entries(path: Path):

@@ -27,7 +27,8 @@ GGUF_PREQUANTIZED = Recipe("gguf-prequantized", "llama_cpp", (), "a GGUF file th
                            "llama.cpp as it is", compared_with="gguf-prequantized")
 
 # llama.cpp refuses these without an importance matrix (llama-quant.cpp: "requires an importance matrix")
-NEED_IMATRIX = frozenset({"IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M"})
+# (llama-quant.cpp tensor_requires_imatrix: the types whose default tensor type is one of those it lists)
+NEED_IMATRIX = frozenset({"IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M", "IQ3_XXS", "Q2_K_S"})
 
 
 def canonical_type(value: Any) -> str:

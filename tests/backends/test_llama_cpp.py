@@ -141,3 +141,29 @@ def test_an_unknown_quant_type_is_a_usage_error_before_any_model_loads(pytester:
     result.stderr.fnmatch_lines(["*recipes.odd*type = 'Q4_K_X' is not a type llama.cpp's quantizer accepts; "
                                  "accepted: Q1_0, *IQ4_XS*Q4_K_M*Q8_0, F16, BF16, F32"])
     assert "loading" not in result.stdout.str()
+
+
+def test_an_importance_matrix_lets_llama_cpp_quantize_what_it_refuses_without_one(gguf_cache, tmp_path: Path):
+    import gguf
+    import numpy as np
+
+    from pytest_quant.backends import llama_cpp
+    from pytest_quant.models.gguf_header import read_header
+
+    source, _key, _status, _s = llama_cpp.unquantized(Path(__file__).parents[2] / "pytest_quant/models/tiny", None,
+                                                      gguf_cache)
+    with pytest.raises(RuntimeError, match=r"llama_model_quantize\(model.gguf -> IQ2_XS\) failed"):
+        llama_cpp.quantize(source, tmp_path / "no-imatrix.gguf", "IQ2_XS", None, 2)
+    imatrix = tmp_path / "imatrix.gguf"  # what llama-imatrix writes: per weight, the sum of squared inputs and a count
+    writer = gguf.GGUFWriter(str(imatrix), "imatrix")
+    for tensor in gguf.GGUFReader(str(source)).tensors:
+        if len(tensor.shape) == 2 and tensor.name != "token_embd.weight":
+            writer.add_tensor(f"{tensor.name}.in_sum2", np.ones((1, int(tensor.shape[0])), np.float32))
+            writer.add_tensor(f"{tensor.name}.counts", np.ones((1, 1), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    out = tmp_path / "iq2_xs.gguf"
+    llama_cpp.quantize(source, out, "IQ2_XS", str(imatrix), 2)
+    assert read_header(out).file_type_name == "IQ2_XS"
