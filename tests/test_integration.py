@@ -6,8 +6,6 @@ on constructed figures in tests/gates/."""
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -39,18 +37,29 @@ def junit_properties(path: Path) -> dict[str, dict[str, str]]:
     return pairs
 
 
-@pytest.fixture(scope="module")
-def measured(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """What reference and bnb-nf4 measure here: a first, independent pytest run, read back from its junit
-    properties and its report."""
+MEASURED = pytest.StashKey[dict]()
+
+
+@pytest.fixture
+def measured(request: pytest.FixtureRequest) -> dict:
+    """What reference and bnb-nf4 measure here: a first pytest session of its own, read back from its junit
+    properties and its report. It runs once, in-process, in a folder of the pytester directory of the first test
+    that asks (its test file removed afterwards, so that a later session there does not collect it)."""
     pytest.importorskip("bitsandbytes")
-    root = tmp_path_factory.mktemp("probe")
+    if MEASURED not in request.config.stash:
+        request.config.stash[MEASURED] = probe(request.getfixturevalue("pytester"))
+    return request.config.stash[MEASURED]
+
+
+def probe(pytester: pytest.Pytester) -> dict:
+    root = pytester.mkdir("probe")
     (root / "test_probe.py").write_text(PROBE)
     report = root / "report.md"
-    cmd = [sys.executable, "-m", "pytest", *FAST, "--quant-recipes", "reference,bnb-nf4", f"--junitxml={root / 'junit.xml'}",
-           "-q", "--quant-report", str(report), str(root)]
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = pytester.runpytest(*FAST, "--quant-recipes", "reference,bnb-nf4", f"--junitxml={root / 'junit.xml'}",
+                              "-q", "--quant-report", str(report), f"--quant-cache-dir={root / '.quant-cache'}",
+                              str(root))
+    (root / "test_probe.py").unlink()
+    assert done.ret == 0, done.stdout.str() + done.stderr.str()
     numeric: dict = {}
     for pair, props in junit_properties(root / "junit.xml").items():
         numeric[pair] = {}
