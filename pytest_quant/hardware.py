@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-LIBRARIES = ("torch", "transformers", "accelerate", "bitsandbytes", "gptqmodel", "optimum")
+LIBRARIES = ("torch", "transformers", "accelerate", "bitsandbytes", "gptqmodel", "optimum", "llama_cpp_python", "gguf")
 
 
 def device_kind(device: str) -> str:
