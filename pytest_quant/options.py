@@ -54,6 +54,16 @@ def parse_whole(flag: str, value: str, minimum: int) -> int:
 
 
 
+def parse_seconds(flag: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{flag} {value!r}: expected a number of seconds > 0")
+    return seconds
+
+
 def parse_top_k_option(value: str) -> int | str:
     text = str(value).strip().lower()
     if text == "exact":
@@ -151,6 +161,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--quant-decode-mode", "how decode speed is timed: compiled (torch.compile, then a CUDA graph), cuda-graph "
            "(the eager step as a CUDA graph) or eager; a mode that cannot run falls back to the next, with its reason "
            "(default: compiled with --quant-gpu, else eager)", parse_decode_mode),
+    Option("--quant-timing-budget", "the most seconds one recipe's timed decode may take; a short probe run estimates "
+           "it first and a recipe over it fails its speed test with the estimate (default: 600)",
+           lambda v: parse_seconds("--quant-timing-budget", v)),
     Option("--quant-reference-top-k", "log-probabilities kept per token of the reference for KL: a whole number k, "
            f"or 'exact' for the whole vocabulary (default: {DEFAULT_TOP_K})", lambda v: parse_top_k_option(v)),
     Option("--quant-strict", "a recipe whose backend is missing fails instead of skipping (default: false)",
@@ -225,6 +238,7 @@ class QuantOptions:
     device_given: str | None = None  # --quant-device as given (None: the default); pytest_quant.workers reads it
     trust_remote_code: bool = False  # --quant-trust-remote-code: passed to every from_pretrained (LoadRequest)
     decode_mode: str = "eager"  # --quant-decode-mode: measure.throughput's mode (a recipe's decode_mode may lower it)
+    timing_budget_s: float = 600.0  # --quant-timing-budget: the most seconds one recipe's timed decode may take
     tasks: Path | None = None  # --quant-tasks; None: pytest_quant.tasks.cloze_task
 
     @property
@@ -275,5 +289,6 @@ class QuantOptions:
             device_given=device_given,
             trust_remote_code=bool(value_or_ini(config, "--quant-trust-remote-code")),
             decode_mode=decode_mode,
+            timing_budget_s=value_or_ini(config, "--quant-timing-budget") or 600.0,
             tasks=value_or_ini(config, "--quant-tasks"),
         )

@@ -195,3 +195,16 @@ def test_llm_int8_falls_back_to_eager_by_itself_and_says_why(tmp_path) -> None:
     with pytest.raises(RuntimeError, match="could not be captured"):
         measure_throughput(model, PROMPT, decode_tokens=8, repeats=1, warmup_runs=0, mode="cuda-graph", fallback=False)
     assert greedy_tokens(model, PROMPT, 4, "eager")  # the device still works after the failed captures
+
+
+def test_a_decode_over_its_timing_budget_is_refused_with_the_estimate(tiny) -> None:
+    from pytest_quant.measure.throughput import TimingBudgetExceeded, check_budget
+
+    check_budget((0.5, 0.4), 4, 128, 8, budget_s=150.0, mode="eager")  # 8 x (0.5 + 128 x 0.1) = 106.4 s: fits
+    with pytest.raises(TimingBudgetExceeded, match=r"about 106 s \(8 runs of a 0.50 s prefill and 128 steps at "
+                                                   r"0.100 s a step\), over the budget of 100 s"):
+        check_budget((0.5, 0.4), 4, 128, 8, budget_s=100.0, mode="eager")
+    with pytest.raises(TimingBudgetExceeded, match="timing decode in eager mode would take about"):
+        measure_throughput(tiny, PROMPT, decode_tokens=64, repeats=5, warmup_runs=3, budget_s=1e-6)
+    t = measure_throughput(tiny, PROMPT, decode_tokens=4, repeats=1, warmup_runs=0, budget_s=600.0)
+    assert t.decode_tokens_per_s > 0

@@ -48,6 +48,26 @@ def test_bad_device_names_the_value(pytester: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*--quant-device 'gpu0': expected 'cpu', 'cuda', 'cuda:N' or 'auto'*"])
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "nan", "inf"])
+def test_a_bad_timing_budget_names_the_value(pytester: pytest.Pytester, value: str) -> None:
+    result = pytester.runpytest(f"--quant-timing-budget={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--quant-timing-budget '{value}': expected a number of seconds > 0*"])
+
+
+def test_the_timing_budget_ini_twin_reaches_the_session(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("""
+import pytest
+from pytest_quant.plugin import SESSION_KEY
+
+def pytest_collection_finish(session):
+    print("budget", session.config.stash[SESSION_KEY].measurer._settings.timing_budget_s)
+""")
+    pytester.makeini("[pytest]\nquant_timing_budget = 90.5\n")
+    assert "budget 90.5" in pytester.runpytest("-s", "--collect-only", "-q").stdout.str()
+    assert "budget 600.0" in pytester.runpytest("-s", "--collect-only", "-q", "-c", "/dev/null").stdout.str()
+
+
 def test_default_recipes_are_every_installed_builtin(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(USES_MODEL)
     result = pytester.runpytest("--collect-only", "-q")

@@ -202,6 +202,26 @@ def open_decoder(model, prompt, decode_tokens: int, mode: str, fallback: bool = 
     raise AssertionError("unreachable: the chain ends with eager")
 
 
+PROBE_STEPS = 4  # decode steps of the probe run that estimates the timing against a budget
+
+
+class TimingBudgetExceeded(RuntimeError):
+    """The timed decode would take longer than its budget (the estimate and the figures it came from)."""
+
+
+def check_budget(probe: tuple[float, float], probe_steps: int, decode_tokens: int, runs: int, budget_s: float,
+                 mode: str) -> None:
+    """Raise ``TimingBudgetExceeded`` where ``runs`` runs of a prefill and ``decode_tokens`` steps, at the
+    probe's seconds (``probe``: its prefill and its ``probe_steps`` steps), would take more than ``budget_s``."""
+    prefill_s, decode_s = probe
+    step_s = decode_s / probe_steps
+    estimate = runs * (prefill_s + decode_tokens * step_s)
+    if estimate > budget_s:
+        raise TimingBudgetExceeded(
+            f"timing decode in {mode} mode would take about {estimate:.0f} s ({runs} runs of a {prefill_s:.2f} s "
+            f"prefill and {decode_tokens} steps at {step_s:.3f} s a step), over the budget of {budget_s:g} s")
+
+
 def measure_throughput(
     model,
     prompt_ids: list[int],
@@ -214,12 +234,16 @@ def measure_throughput(
     compile_cache_dir: str | os.PathLike | None = None,
     fallback: bool = True,
     new_cache=None,
+    budget_s: float | None = None,
 ) -> ThroughputMeasurement:
     """Time ``warmup_runs + repeats`` runs of a prefill of ``batch_size`` copies of ``prompt_ids`` followed by
     ``decode_tokens`` greedy steps, in ``mode`` ("auto": compiled on CUDA, eager on CPU; "compiled",
     "cuda-graph", "eager"), falling back down the chain with the reason unless ``fallback=False``.
     ``compile_cache_dir``: where inductor and Triton keep their caches (set before the first compile).
-    ``new_cache``: makes each run's KV cache (a quantized cache, which only the eager mode can run)."""
+    ``new_cache``: makes each run's KV cache (a quantized cache, which only the eager mode can run).
+    ``budget_s``: the most seconds the runs may take; a short probe run (a prefill and ``PROBE_STEPS`` steps,
+    after the compile and capture) estimates them first, and ``TimingBudgetExceeded`` says the estimate instead
+    of running a decode that would take far longer (a kernel that is slow at one token per step)."""
     import torch
 
     check_arguments(prompt_ids, decode_tokens, repeats, warmup_runs, batch_size, mode)
@@ -233,12 +257,18 @@ def measure_throughput(
         opened = (open_decoder(model, prompt, decode_tokens, requested, fallback, compile_cache_dir)
                   if requested != EAGER else OpenedDecoder(None, EAGER, []))
         decoder = opened.decoder
+
+        def run(steps: int) -> tuple[float, float]:
+            if decoder is not None:
+                return static_run(decoder, prompt, steps)
+            return eager_run(model, prompt, steps, new_cache=new_cache)
+
         try:
+            if budget_s is not None:
+                check_budget(run(min(PROBE_STEPS, decode_tokens)), min(PROBE_STEPS, decode_tokens), decode_tokens,
+                             warmup_runs + repeats, budget_s, opened.mode)
             for i in range(warmup_runs + repeats):
-                if decoder is not None:
-                    prefill_s, decode_s = static_run(decoder, prompt, decode_tokens)
-                else:
-                    prefill_s, decode_s = eager_run(model, prompt, decode_tokens, new_cache=new_cache)
+                prefill_s, decode_s = run(decode_tokens)
                 if i >= warmup_runs:
                     prefill_rates.append(batch_size * len(prompt_ids) / prefill_s)
                     decode_rates.append(batch_size * decode_tokens / decode_s)

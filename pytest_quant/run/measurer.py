@@ -47,6 +47,7 @@ class MeasureSettings:
     reference_top_k: int | str
     decode_mode: str = "eager"  # --quant-decode-mode (compiled, cuda-graph, eager)
     compile_cache_dir: Path | None = None  # where inductor and Triton keep their caches
+    timing_budget_s: float | None = None  # --quant-timing-budget: the most seconds one timed decode may take
 
 
 def decode_mode_of(recipe, settings: MeasureSettings) -> str:
@@ -140,7 +141,7 @@ class Measurer:
                             other_batches=known.other_batches + extra)
 
     def _time(self, live: LiveModel, batch: int, mode: str, fallback: bool = True):
-        from ..measure.throughput import measure_throughput
+        from ..measure.throughput import TimingBudgetExceeded, measure_throughput
 
         prompt = list(self._inputs.windows(live.pair.model, live.tokenizer).windows[0].input_ids[:PROMPT_TOKENS])
         settings = THROUGHPUT[device_kind(live.device)]
@@ -148,9 +149,14 @@ class Measurer:
                        f"in {mode} mode ({settings['warmup_runs']} warm-up + {settings['repeats']} timed runs)")
         start = time.perf_counter()
         own = getattr(live.model, "measure_throughput", None)  # a runtime timed by its own counters (llama.cpp)
-        throughput = own(prompt, batch_size=batch, **settings) if callable(own) else measure_throughput(
-            live.model, prompt, batch_size=batch, mode=mode, fallback=fallback,
-            compile_cache_dir=self._settings.compile_cache_dir, new_cache=kv_cache_factory(live), **settings)
+        try:
+            throughput = own(prompt, batch_size=batch, **settings) if callable(own) else measure_throughput(
+                live.model, prompt, batch_size=batch, mode=mode, fallback=fallback,
+                compile_cache_dir=self._settings.compile_cache_dir, new_cache=kv_cache_factory(live),
+                budget_s=self._settings.timing_budget_s, **settings)
+        except TimingBudgetExceeded as error:
+            raise TimingBudgetExceeded(f"pytest-quant: {live.pair.id}: {error}; raise --quant-timing-budget (ini "
+                                       "quant_timing_budget) to time it anyway") from None
         timing_s = time.perf_counter() - start
         if throughput.compile_s is not None:
             cache = f", inductor cache {throughput.compile_cache}" if throughput.compile_cache else ""

@@ -37,7 +37,8 @@ class QuantSession:
         self.live = Live(registry, self.placement, cache_dir, options.device_map, self.ledger, progress,
                          options.trust_remote_code)
         settings = MeasureSettings(options.decode_batch, options.sharded, options.reference_top_k,
-                                   decode_mode=options.decode_mode, compile_cache_dir=cache_dir / COMPILE_SUBDIR)
+                                   decode_mode=options.decode_mode, compile_cache_dir=cache_dir / COMPILE_SUBDIR,
+                                   timing_budget_s=options.timing_budget_s)
         self.measurer = Measurer(self.ledger, self.inputs, settings, progress)
         self.references = References(self.pairing, self.ledger, self.live, self.measurer, self.inputs,
                                      self.placement, cache_dir, options.reference_top_k, progress)
