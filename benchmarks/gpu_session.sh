@@ -15,6 +15,9 @@
 #                                          # resident VRAM and release at 1.1B for modelopt-fp8, bnb-int8, torchao-fp8
 #   bash benchmarks/gpu_session.sh newkind # the shipped gate's reference and bnb recipes on a kind without baselines
 #   bash benchmarks/gpu_session.sh decode3 # the plugin's compiled reference beside the independent probe
+#   bash benchmarks/gpu_session.sh decode4 # 1.1B: the plugin's reference and torchao-int8wo in one run (cuda-graph and
+#                                          # compiled, cold then warm), the independent probe's compiled bf16 beside it
+#   bash benchmarks/gpu_session.sh decode8b # 8B shape: reference, bnb-nf4, torchao-int8wo in both modes (cold)
 #   bash benchmarks/gpu_session.sh h200a   # issue 19: the GPU tests; the shipped gate cold with --snapshot-update for
 #                                          # the reference, bitsandbytes and torchao recipes (records nvidia-h200)
 #   bash benchmarks/gpu_session.sh h200b   # the same for GPTQ, AWQ and ModelOpt (same /tmp/qc when the machine is kept)
@@ -59,6 +62,22 @@ PY
 }
 
 case "${1:-scale}" in
+decode4|decode8b)
+  s0=$(date +%s)
+  python3 -m compileall -q -j 16 /tmp/site > /dev/null 2>&1
+  echo "compileall $(( $(date +%s) - s0 )) s" | tee -a "$OUT/machine.txt"
+  if [ "$1" = decode4 ]; then
+    timeout 380 python3 benchmarks/bench_decode_modes.py --recipes reference,torchao-int8wo --passes cold,warm \
+      --inductor-dir /tmp/inductor --json "$OUT/modes-decode4.json" 2>&1 | grep -v "^{\|^W12" | tail -20 \
+      | tee "$OUT/modes-decode4.log"
+    timeout 150 python3 benchmarks/probe_compiled_decode.py --recipes bf16 --modes compiled+graph \
+      --json "$OUT/probe.json" 2>&1 | grep -v "^W12" | tail -6 | tee "$OUT/probe.log"
+  else
+    timeout 560 python3 benchmarks/bench_decode_modes.py --shape 8b --recipes reference,bnb-nf4,torchao-int8wo \
+      --passes cold --inductor-dir /tmp/inductor --json "$OUT/modes-8b.json" 2>&1 | grep -v "^{\|^W12" | tail -20 \
+      | tee "$OUT/modes-8b.log"
+  fi
+  ;;
 decode|decode2|decode3)
   s0=$(date +%s)
   python3 -m compileall -q -j 16 /tmp/site > /dev/null 2>&1  # imports in every child process: compile them once
