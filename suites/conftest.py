@@ -46,6 +46,9 @@ BASELINE_TOLERANCE = {
     # awq-w4g128: perplexity moved 0.276, top-1 0.31 points (CPU)
     "awq-w4g128": {"cpu": {"perplexity": 0.5, "top1_agreement_percent": 0.6},
                    "cuda": {"perplexity": 0.5, "top1_agreement_percent": 0.6}},
+    # autoround-w4g128: calibrated by gradient steps, seeded; its spread between machines is not measured yet, so
+    # GPTQ's is assumed (its baseline was recorded with one thread)
+    "autoround-w4g128": {"cpu": {"perplexity": 0.2}, "cuda": {"perplexity": 0.4}},
 }
 # recipe bits -> CPU footprint at most this fraction of the fp32 reference's. On GPU the reference is
 # 16-bit and the embedded model's untouched embedding (8192 x 256, a third of its weights) keeps a 4-bit
