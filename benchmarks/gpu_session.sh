@@ -25,6 +25,12 @@
 #   bash benchmarks/gpu_session.sh h200e   # torchao-int8dq's speed and torchao-fp8 (stacks printed if a test hangs)
 #   bash benchmarks/gpu_session.sh h200c   # the whole shipped gate against the committed H200 baselines (warm when
 #                                          # /tmp/qc survived from h200a/b), per-phase seconds of both runs
+#   bash benchmarks/gpu_session.sh issue22 # FP4 (torchao NVFP4/MXFP4, ModelOpt NVFP4), compressed-tensors (FP8 dynamic,
+#                                          # W4A16, W8A8) and the KV-cache recipes on the embedded model with
+#                                          # --snapshot-update (quality and memory: records nvidia-h200); then the
+#                                          # int8 and int4 KV caches at the 1.1B shape (decode tok/s against the
+#                                          # reference decoded eagerly, generate-phase VRAM, decoding KL). Needs the
+#                                          # .whl additions of benchmarks/README.md (compressed-tensors, hqq, ...)
 # QUANT_TREE=DIR runs the project from DIR (an export of a commit, e.g. .gpu-head) instead of the working tree.
 set -uo pipefail
 OUT=${OUT:-/tmp/quant-out}; mkdir -p "$OUT"
@@ -146,6 +152,36 @@ h200a|h200b|h200c|h200d|h200e)
       "$OUT"/gate-warm.json | tee "$OUT/phases.txt" ;;
   esac
   tar czf "$OUT/baselines-$1.tgz" $hw 2>/dev/null; ls $hw 2>/dev/null | wc -l
+  ;;
+issue22)
+  python3 -c "import compressed_tensors, hqq" || { echo "issue22: compressed-tensors or hqq missing from .whl" >&2; exit 1; }
+  python3 -m compileall -q -j 16 /tmp/site > /dev/null 2>&1
+  s1=$(date +%s)
+  # quality and memory only (speed compiles each recipe's decode step: record it later with the whole gate)
+  timeout 170 python3 -m pytest suites --quant-gpu --quant-cache-dir=/tmp/qc -p no:cacheprovider --tb=line -rA \
+    -k "test_quality or test_memory" --snapshot-update --quant-report="$OUT/issue22-tiny.json" \
+    --quant-recipes=torchao-nvfp4,torchao-mxfp4,modelopt-nvfp4,ct-fp8-dynamic,ct-w4a16-g128,ct-w8a8-int8,reference-kv-int8,reference-kv-int4,reference-kv-int2,bnb-nf4-kv-int4 \
+    2>&1 | grep -v "^W12\|Loading" > "$OUT/issue22-tiny.log"
+  echo "issue22 tiny: exit ${PIPESTATUS[0]}, wall $(( $(date +%s) - s1 )) s" | tee -a "$OUT/machine.txt"
+  grep -E "^tiny|^(FAILED|ERROR)|passed|failed" "$OUT/issue22-tiny.log" | tail -30
+  tar czf "$OUT/baselines-issue22.tgz" baselines/tiny/nvidia-h200 2>/dev/null
+  python3 -c "import sys, argparse; sys.path.insert(0, 'benchmarks'); import bench_scale as b; \
+print('1b built in', round(b.build(argparse.Namespace(model_root='/tmp', device='cuda'), '1b'), 1), 's')"
+  mkdir -p /tmp/repo/tests
+  cat > /tmp/repo/tests/test_kv.py <<'PY'
+import pytest
+
+@pytest.mark.kl_divergence(max_mean=100)                 # decoding KL against the reference: measured and reported
+@pytest.mark.tokens_per_second(min_ratio=0.01)           # against the reference decoded eagerly, as the cache is
+@pytest.mark.vram_budget(ratio=10, phase="generate")     # the decode's peak: weights + KV cache + activations
+def test_kv(quant_model):
+    assert quant_model.model is not None
+PY
+  # eager throughout: a quantized cache decodes eagerly, and min_ratio compares with the reference timed the same way
+  (cd /tmp/repo && timeout 220 python3 -m pytest tests --quant-model=/tmp/bench-scale-1b --quant-gpu \
+     --quant-recipes=reference-kv-int8,reference-kv-int4 --quant-eval-tokens=2048 --quant-decode-mode=eager \
+     --quant-cache-dir=/tmp/qc -p no:cacheprovider --quant-report="$OUT/issue22-1b.json" -rA 2>&1 \
+     | grep -v "^W12\|Loading" | tail -20) | tee "$OUT/issue22-1b.log"
   ;;
 workers)
   python3 -m pytest tests/test_gpu_workers.py tests/test_workers.py -q -p no:cacheprovider 2>&1 | tail -15 \
