@@ -144,8 +144,12 @@ def main() -> int:
         quant = work / f"tiny-{kind}.gguf"
         if kind != "F16":
             quantize(f16, quant, kind, None, args.threads)
-        out, seconds = run_llama_perplexity(args.llama_perplexity, quant, text, args.chunks, base, args.threads, kl=True)
-        theirs = parse(out)
+        for _attempt in range(3):  # its log is written by a thread that now and then loses the last lines at exit
+            out, seconds = run_llama_perplexity(args.llama_perplexity, quant, text, args.chunks, base, args.threads,
+                                                kl=True)
+            theirs = parse(out)
+            if "Mean PPL(Q)" in theirs:
+                break
         if "Mean PPL(Q)" not in theirs:
             failures.append(f"{kind}: llama-perplexity printed no summary (its log ends early):\n{out[-1500:]}")
             continue
