@@ -111,7 +111,7 @@ llm_int8_skip_modules = ["lm_head"]
     [
         ('backend = "bitsandbytes"\nload_in_4bit = true\nbnb_4bit_quant = "nf4"',
          "*unknown field(s) 'bnb_4bit_quant' for backend 'bitsandbytes'; known fields: bnb_4bit_compute_dtype*"),
-        ('backend = "onnx"', "*backend 'onnx' is not one of [[]*'bitsandbytes', 'gptqmodel'*'reference'*[]]*"),
+        ('backend = "onnx"', "*backend 'onnx' is not one of [[]*'bitsandbytes'*'gptqmodel'*'reference'*[]]*"),
         ('backend = "bitsandbytes"', "*set exactly one of load_in_4bit = true or load_in_8bit = true*"),
     ],
 )
@@ -185,7 +185,7 @@ def test_missing_backend_skips_with_hint_or_fails_when_strict(pytester: pytest.P
 
 def test_k_selects_by_recipe_id(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(USES_MODEL)
-    assert collected_ids(pytester.runpytest("--collect-only", "-q", "-k", "nf4 and not dq")) == ["tiny-bnb-nf4"]
+    assert collected_ids(pytester.runpytest("--collect-only", "-q", "-k", "nf4 and not dq and not kv")) == ["tiny-bnb-nf4"]
 
 
 def test_eval_text_and_tokens(pytester: pytest.Pytester) -> None:
