@@ -167,3 +167,30 @@ def test_an_importance_matrix_lets_llama_cpp_quantize_what_it_refuses_without_on
     out = tmp_path / "iq2_xs.gguf"
     llama_cpp.quantize(source, out, "IQ2_XS", str(imatrix), 2)
     assert read_header(out).file_type_name == "IQ2_XS"
+
+
+def test_a_gguf_file_is_a_model_only_gguf_recipes_run_on(pytester: pytest.Pytester, gguf_cache):
+    import shutil
+
+    from pytest_quant.backends import llama_cpp
+    from pytest_quant.models import TINY_DIR
+
+    source, key, _status, _s = llama_cpp.unquantized(TINY_DIR, None, gguf_cache)
+    f16 = pytester.path / "tiny-f16.gguf"
+    shutil.copyfile(source, f16)
+    q4, _, _ = llama_cpp.quantized(source, key, "Q4_0", None, 2, gguf_cache)
+    shutil.copyfile(q4, pytester.path / "tiny-q4.gguf")
+    pytester.makepyfile(GATED)
+    args = ("-p", "no:cacheprovider", "--quant-eval-tokens", "1024", f"--quant-cache-dir={gguf_cache}", "-rs", "-v")
+    result = pytester.runpytest(*args, f"--quant-model={f16}", "--quant-recipes", "bnb-nf4,gguf-reference,gguf-q4_0")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    result.stdout.fnmatch_lines(["*test_q?tiny-f16-gguf-reference? PASSED*", "*test_q?tiny-f16-gguf-q4_0? PASSED*",
+                                 "*SKIPPED*recipe bnb-nf4 needs a Hugging Face model folder; *tiny-f16.gguf is a GGUF "
+                                 "file: only the gguf-* recipes run on it*"])
+    # an already quantized file is gated as it is: no reference, so a relative limit cannot be checked
+    quantized = pytester.runpytest(*args, f"--quant-model={pytester.path / 'tiny-q4.gguf'}")
+    assert quantized.ret == pytest.ExitCode.TESTS_FAILED
+    quantized.stdout.fnmatch_lines(["*tiny-q4*gguf-prequantized*llama.cpp Q4_0, llama.cpp tokenizer*FAIL*",
+                                    "*perplexity_delta(max_rel=...) compares with the unquantized reference, and tiny-q4 "
+                                    "is a pre-quantized checkpoint without one*"])
+    assert "tiny-q4-gguf-q4_0" not in quantized.stdout.str()
