@@ -113,3 +113,22 @@ def test_the_written_file_holds_the_model(tmp_path: Path):
     assert np.array_equal(np.asarray(tensors["token_embd.weight"].data), hf["model.embed_tokens.weight"])
     assert np.array_equal(np.asarray(tensors["blk.0.attn_q.weight"].data), permute(hf["model.layers.0.self_attn.q_proj.weight"], 4))
     assert tensors["blk.0.attn_norm.weight"].tensor_type.name == "F32"
+
+
+def test_a_bf16_conversion_stores_bfloat16_bits(tmp_path: Path):
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from pytest_quant.backends.gguf_convert import convert
+    from pytest_quant.models.gguf_header import read_header
+
+    out = tmp_path / "tiny-bf16.gguf"
+    assert convert(TINY_DIR, out, "BF16")["type"] == "BF16"
+    assert read_header(out).file_type == 32
+    embedding = next(t for t in gguf.GGUFReader(str(out)).tensors if t.name == "token_embd.weight")
+    assert embedding.tensor_type.name == "BF16"
+    expected = load_file(str(TINY_DIR / "model.safetensors"))["model.embed_tokens.weight"].to(torch.bfloat16)
+    stored = np.asarray(embedding.data).view(np.uint16).reshape(8192, 256)
+    assert np.array_equal(stored, expected.view(torch.int16).numpy().view(np.uint16))
