@@ -117,3 +117,58 @@ def test_only_the_references_whose_tests_or_variants_need_tasks_answer_them():
     assert "tasks" not in references.needs_of(SimpleNamespace(id="tiny-gguf-reference"))
     references.plan(frozenset({"quality"}))
     assert "tasks" not in references.needs_of(SimpleNamespace(id="tiny-reference"))
+
+
+OPAQUE_CONFTEST = """
+from pytest_quant.backends import Backend, Loaded
+
+
+class Opaque:
+    '''A runtime that answers like a causal LM but is no torch module: no layers to hook.'''
+
+    def __init__(self, model):
+        self._model = model
+        self.config, self.device, self.generation_config = model.config, model.device, model.generation_config
+
+    def __call__(self, *args, **kwargs):
+        return self._model(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        return self._model(*args, **kwargs)
+
+    def get_memory_footprint(self):
+        return self._model.get_memory_footprint()
+
+
+def load_opaque(request):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=torch.float32).eval()
+    return Loaded(Opaque(model), AutoTokenizer.from_pretrained(request.model_path), "float32", kernel="Opaque")
+
+
+def pytest_quant_backends(config):
+    return [Backend("opaque", load_opaque, requires=("torch",), install_hint="pip install torch")]
+"""
+
+
+def test_a_runtime_without_torch_layers_skips_layer_error_with_the_reason(pytester):
+    pytester.makeconftest(OPAQUE_CONFTEST)
+    pytester.makepyprojecttoml('[tool.pytest-quant.recipes.opaque]\nbackend = "opaque"\n')
+    pytester.makepyfile("""
+import pytest
+
+@pytest.mark.kl_divergence(max_mean=1)
+def test_quality(quant_model):
+    pass
+
+@pytest.mark.layer_error(min_sqnr_db=20)
+def test_layers(quant_model):
+    pass
+""")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--quant-eval-tokens", "256", "--quant-recipes", "opaque",
+                                "-rs")
+    result.assert_outcomes(passed=1, skipped=1)  # its layers were found unhookable with quality, then skipped
+    result.stdout.fnmatch_lines(["*SKIPPED*layer_error: tiny-opaque: Opaque exposes no decoder layers as torch "
+                                 "modules*"])
