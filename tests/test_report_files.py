@@ -250,9 +250,12 @@ def test_a_real_run_writes_the_markdown_report_and_the_step_summary(pytester: py
     measured = {}
     for rep in result.reprec.getreports("pytest_runtest_logreport"):
         props = {k.removeprefix("quant."): v for k, v in rep.user_properties}
-        if props:
-            measured[props["recipe"]] = props
+        if "pair" in props:  # (a setup or teardown report may carry only the release seconds of a pair)
+            measured.setdefault(props["recipe"], {}).update(props)
+        for pair, seconds in props.get("released", {}).items():
+            measured[pair.removeprefix("tiny-")]["release_s"] = seconds
     assert set(measured) == {"reference", "bnb-nf4"}
+    assert all(props["release_s"] >= 0 for props in measured.values())  # both released, each reported once
     text = out.read_text()
     assert f"- **eval tokens**: {measured['reference']['eval_tokens']} of eval.txt" in text
     if "hardware" in measured["reference"]:  # the header names the hardware when the metrics carry it
