@@ -56,22 +56,28 @@ class LiveModel:
 
 
 def holders(obj) -> list[str]:
-    """What still references ``obj``: module globals by dotted name, any other holder by its type."""
+    """What still references ``obj``: module globals by dotted name, any other holder by its type.
+
+    Module globals are found by reading every module's namespace, not through ``gc.get_referrers``, which does
+    not see objects a ``gc.freeze()`` moved to the permanent generation (module dicts, in a process that froze
+    what it had imported)."""
     import gc
     import sys
     import types
 
+    found, namespaces = [], set()
     # sys.modules may hold objects that are not modules (Cython's parallel helper, lazy loaders): name what
     # has a name, never fail the release check over it
-    modules = {id(m.__dict__): name for name, m in list(sys.modules.items())
-               if isinstance(m, types.ModuleType) and isinstance(getattr(m, "__dict__", None), dict)}
-    found = []
+    for module_name, module in list(sys.modules.items()):
+        namespace = getattr(module, "__dict__", None) if isinstance(module, types.ModuleType) else None
+        if not isinstance(namespace, dict):
+            continue
+        namespaces.add(id(namespace))
+        for name, value in list(namespace.items()):
+            if value is obj:
+                found.append(f"{module_name}.{name}")
     for ref in gc.get_referrers(obj):  # plain loops: a comprehension would hold obj in a cell of its own
-        if id(ref) in modules:
-            for name, value in list(ref.items()):
-                if value is obj:
-                    found.append(f"{modules[id(ref)]}.{name}")
-        elif not isinstance(ref, types.FrameType):
+        if id(ref) not in namespaces and not isinstance(ref, types.FrameType):
             found.append(f"a {type(ref).__name__}")
     return found
 

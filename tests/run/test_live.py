@@ -32,6 +32,23 @@ def test_holders_names_a_module_global_that_keeps_an_object() -> None:
         KEPT = None
 
 
+def test_holders_names_a_module_global_after_a_gc_freeze() -> None:
+    """gc.get_referrers does not see frozen containers (a module dict frozen by gc.freeze): the name is still found."""
+    import gc
+    import sys
+    import types
+
+    module = types.ModuleType("quant_frozen_holder")
+    module.KEPT = object.__new__(type("Model", (), {}))
+    sys.modules[module.__name__] = module
+    gc.freeze()
+    try:
+        assert holders(module.KEPT) == ["quant_frozen_holder.KEPT"]
+    finally:
+        gc.unfreeze()
+        del sys.modules[module.__name__]
+
+
 def test_a_backend_library_import_is_timed_on_its_own() -> None:
     """What a backend names in ``imports`` (a module, or "module:function" importing it as it must be) is
     imported before the timed load: import_s is that; None where a backend names nothing."""
