@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,20 +28,6 @@ def _pytester_keeps_libraries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 from _pytest import pytester as _pytester_module  # noqa: E402
-
-
-# Each model a session closes is followed by a full garbage collection (pytest_quant.hardware.free_device_memory),
-# and Python runs its own as objects pile up; in this one long process each traverses every object alive: the
-# libraries' hundreds of thousands first. What survives a test module (the libraries, pytest's own state, the
-# session-scoped fixtures) is collected once at the module's end and then moved out of the collector's sight
-# (gc.freeze: still freed when no longer referenced); what the next module makes is collected as before.
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
-    result = yield
-    if nextitem is None or getattr(nextitem, "module", None) is not getattr(item, "module", None):  # its module ended
-        gc.collect()
-        gc.freeze()
-    return result
 
 # Small and fast: enough tokens to tell recipes apart, few enough for a 2-core CI machine.
 FAST = ("--quant-eval-tokens", "1024")
