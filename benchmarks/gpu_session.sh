@@ -31,6 +31,11 @@
 #                                          # int8 and int4 KV caches at the 1.1B shape (decode tok/s against the
 #                                          # reference decoded eagerly, generate-phase VRAM, decoding KL). Needs the
 #                                          # .whl additions of benchmarks/README.md (compressed-tensors, hqq, ...)
+#   bash benchmarks/gpu_session.sh s3a     # issues 22/23: the FP4, FP8 and compressed-tensors recipes with the
+#                                          # reference and bnb-nf4, every test of the gate (quality, memory, speed,
+#                                          # task, layers) cold with --snapshot-update (records nvidia-h200)
+#   bash benchmarks/gpu_session.sh s3b     # the GPU tests; torchao-int8dq's speed under a 60 s timing budget
+#                                          # (stacks after 100 s); the int8/int4 KV caches at the 1.1B shape
 # QUANT_TREE=DIR runs the project from DIR (an export of a commit, e.g. .gpu-head) instead of the working tree.
 set -uo pipefail
 OUT=${OUT:-/tmp/quant-out}; mkdir -p "$OUT"
@@ -152,6 +157,49 @@ h200a|h200b|h200c|h200d|h200e)
       "$OUT"/gate-warm.json | tee "$OUT/phases.txt" ;;
   esac
   tar czf "$OUT/baselines-$1.tgz" $hw 2>/dev/null; ls $hw 2>/dev/null | wc -l
+  ;;
+s3a|s3b)
+  s0=$(date +%s)
+  python3 -m compileall -q -j 16 /tmp/site > /dev/null 2>&1
+  echo "compileall $(( $(date +%s) - s0 )) s; /tmp/qc $( [ -d /tmp/qc ] && du -sh /tmp/qc | cut -f1 || echo absent)" \
+    | tee -a "$OUT/machine.txt"
+  run_gate() {  # $1: seconds at most; $2: a name for the logs; the rest: pytest arguments
+    local limit=$1 name=$2; shift 2
+    local s1=$(date +%s)
+    timeout "$limit" python3 -m pytest suites --quant-gpu --quant-cache-dir=/tmp/qc -p no:cacheprovider --tb=line -rA \
+      -o faulthandler_timeout=100 --quant-report="$OUT/$name.json" "$@" 2>&1 | grep -v "^W12\|Loading" > "$OUT/$name.log"
+    echo "$name: exit ${PIPESTATUS[0]}, wall $(( $(date +%s) - s1 )) s" | tee -a "$OUT/machine.txt"
+    grep -E "^(FAILED|ERROR)|pytest-quant: no baseline|passed|failed" "$OUT/$name.log" | tail -30
+  }
+  if [ "$1" = s3a ]; then
+    run_gate 440 s3a --snapshot-update \
+      --quant-recipes=reference,bnb-nf4,torchao-fp8,torchao-nvfp4,torchao-mxfp4,modelopt-nvfp4,ct-fp8-dynamic,ct-w4a16-g128,ct-w8a8-int8
+    python3 benchmarks/bench_gate_time.py --show "$OUT"/s3a.json > "$OUT/phases-s3a.txt" 2>&1
+    tar czf "$OUT/baselines-s3a.tgz" baselines/tiny/nvidia-h200
+  else
+    timeout 150 python3 -m pytest tests/test_gpu.py -q -s -p no:cacheprovider --quant-gpu -W ignore::FutureWarning \
+      2>&1 | grep -v "^W12" > "$OUT/gpu-tests.log"
+    grep -E "^float|StepAgreement|passed|failed|^FAILED|Error" "$OUT/gpu-tests.log" | tail -25
+    run_gate 130 s3b-int8dq --snapshot-update --quant-timing-budget=60 --quant-recipes=reference,torchao-int8dq \
+      -k "test_speed"
+    tar czf "$OUT/baselines-s3b.tgz" baselines/tiny/nvidia-h200
+    python3 -c "import sys, argparse; sys.path.insert(0, 'benchmarks'); import bench_scale as b; \
+print('1b built in', round(b.build(argparse.Namespace(model_root='/tmp', device='cuda'), '1b'), 1), 's')"
+    mkdir -p /tmp/repo/tests
+    cat > /tmp/repo/tests/test_kv.py <<'PY'
+import pytest
+
+@pytest.mark.kl_divergence(max_mean=100)                 # decoding KL against the reference: measured and reported
+@pytest.mark.tokens_per_second(min_ratio=0.01)           # against the reference decoded eagerly, as the cache is
+@pytest.mark.vram_budget(ratio=10, phase="generate")     # the decode's peak: weights + KV cache + activations
+def test_kv(quant_model):
+    assert quant_model.model is not None
+PY
+    (cd /tmp/repo && timeout 200 python3 -m pytest tests --quant-model=/tmp/bench-scale-1b --quant-gpu \
+       --quant-recipes=reference-kv-int8,reference-kv-int4 --quant-eval-tokens=2048 --quant-decode-mode=eager \
+       --quant-cache-dir=/tmp/qc -p no:cacheprovider --quant-report="$OUT/kv-1b.json" -rA 2>&1 \
+       | grep -v "^W12\|Loading" | tail -20) | tee "$OUT/kv-1b.log"
+  fi
   ;;
 issue22)
   python3 -c "import compressed_tensors, hqq" || { echo "issue22: compressed-tensors or hqq missing from .whl" >&2; exit 1; }
