@@ -31,6 +31,7 @@
 #                                          # int8 and int4 KV caches at the 1.1B shape (decode tok/s against the
 #                                          # reference decoded eagerly, generate-phase VRAM, decoding KL). Needs the
 #                                          # .whl additions of benchmarks/README.md (compressed-tensors, hqq, ...)
+#   bash benchmarks/gpu_session.sh s3c     # torchao-fp8's gate in bfloat16 (recording it), then decode4 in less time
 #   bash benchmarks/gpu_session.sh s3a     # issues 22/23: the FP4, FP8 and compressed-tensors recipes with the
 #                                          # reference and bnb-nf4, every test of the gate (quality, memory, speed,
 #                                          # task, layers) cold with --snapshot-update (records nvidia-h200)
@@ -73,15 +74,25 @@ PY
 }
 
 case "${1:-scale}" in
-decode4|decode8b)
+decode4|decode8b|s3c)
   s0=$(date +%s)
   python3 -m compileall -q -j 16 /tmp/site > /dev/null 2>&1
   echo "compileall $(( $(date +%s) - s0 )) s" | tee -a "$OUT/machine.txt"
-  if [ "$1" = decode4 ]; then
-    timeout 380 python3 benchmarks/bench_decode_modes.py --recipes reference,torchao-int8wo --passes cold,warm \
+  bench=380 probe=150
+  if [ "$1" = s3c ]; then  # torchao-fp8 loaded in bfloat16 (s3b: per-row float8 refused float16 weights), then decode4
+    bench=345 probe=110 s1=$(date +%s)
+    timeout -s INT -k 15 75 python3 -m pytest suites --quant-gpu --quant-cache-dir=/tmp/qc -p no:cacheprovider \
+      --tb=short -rA --snapshot-update --quant-recipes=reference,torchao-fp8 --quant-report="$OUT/s3c-fp8.json" 2>&1 \
+      | grep -v "^W12\|Loading" > "$OUT/s3c-fp8.log"
+    echo "s3c-fp8: exit ${PIPESTATUS[0]}, wall $(( $(date +%s) - s1 )) s" | tee -a "$OUT/machine.txt"
+    grep -E "^(PASSED|FAILED|ERROR)|passed|failed" "$OUT/s3c-fp8.log" | tail -14
+    tar czf "$OUT/baselines-s3c.tgz" baselines/tiny/nvidia-h200
+  fi
+  if [ "$1" != decode8b ]; then
+    timeout "$bench" python3 benchmarks/bench_decode_modes.py --recipes reference,torchao-int8wo --passes cold,warm \
       --inductor-dir /tmp/inductor --json "$OUT/modes-decode4.json" 2>&1 | grep -v "^{\|^W12" | tail -20 \
       | tee "$OUT/modes-decode4.log"
-    timeout 150 python3 benchmarks/probe_compiled_decode.py --recipes bf16 --modes compiled+graph \
+    timeout "$probe" python3 benchmarks/probe_compiled_decode.py --recipes bf16 --modes compiled+graph \
       --json "$OUT/probe.json" 2>&1 | grep -v "^W12" | tail -6 | tee "$OUT/probe.log"
   else
     timeout 560 python3 benchmarks/bench_decode_modes.py --shape 8b --recipes reference,bnb-nf4,torchao-int8wo \

@@ -154,7 +154,7 @@ BUILTIN_RECIPES: dict[str, Recipe] = {
                  quant_type="int4_weight_only", group_size=128),
         _builtin("torchao-fp8", "torchao", "torchao float8 dynamic activation + float8 weight (CUDA, compute "
                  "capability 8.9+)", devices=("cuda",), quant_type="float8_dynamic_activation_float8_weight",
-                 decode_mode="cuda-graph", decode_mode_reason="torch.compile of its decode step had not finished "
+                 dtype="bfloat16", decode_mode="cuda-graph", decode_mode_reason="torch.compile of its decode step had not finished "
                  "after 6 minutes on the H200 (1.1B shape, torchao 0.18, torch 2.11; 2026-12-01)"),
         _builtin("ort-dynamic-int8", "onnxruntime", "ONNX Runtime dynamic int8 (quantize_dynamic, QInt8 weights) on an "
                  "exported model with a KV cache", weight_type="QInt8"),

@@ -48,8 +48,11 @@ def test_naming_a_recipe_its_library_cannot_run_on_cpu_is_a_usage_error(run_quan
 def test_the_fp4_recipes_quantize_bfloat16_and_name_their_formats() -> None:
     from pytest_quant.backends import torchao
 
-    for name in ("torchao-nvfp4", "torchao-mxfp4"):
+    for name in ("torchao-nvfp4", "torchao-mxfp4", "torchao-fp8"):
         torchao.validate(BUILTIN_RECIPES[name].options)
-    with pytest.raises(ValueError, match="'mxfp4_dynamic' quantizes bfloat16 weights: set dtype = 'bfloat16'"):
+    with pytest.raises(ValueError, match="'mxfp4_dynamic' quantizes bfloat16 weights only .*: set dtype = 'bfloat16'"):
         torchao.validate({"quant_type": "mxfp4_dynamic"})
+    # per-row float8 refuses float16 weights at load (torchao 0.18 on the H200): refused before any load instead
+    with pytest.raises(ValueError, match=r"per-row float8 scaling\): set dtype = 'bfloat16' \(got 'float16'\)"):
+        torchao.validate({"quant_type": "float8_dynamic_activation_float8_weight", "dtype": "float16"})
     assert BUILTIN_RECIPES["modelopt-nvfp4"].get("format") == "nvfp4"

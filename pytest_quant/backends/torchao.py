@@ -37,6 +37,11 @@ QUANT_TYPES: dict[str, frozenset[str]] = {
     "mxfp4_dynamic": frozenset({"cpu", "cuda"}),
 }
 FP4_TYPES = ("nvfp4_weight_only", "mxfp4_dynamic")
+BFLOAT16_ONLY = {  # quant types whose torchao kernels refuse other weight dtypes, and why
+    "nvfp4_weight_only": "torchao's NVFP4 tensor", "mxfp4_dynamic": "torchao's MX tensor",
+    # "PerRow quantization only works for bfloat16 precision input weight" (torchao 0.18, on a float16 model)
+    "float8_dynamic_activation_float8_weight": "per-row float8 scaling",
+}
 INT4_PACKING_FORMATS = ("tile_packed_to_4d", "plain", "preshuffled", "plain_int32")
 DTYPES = ("float32", "bfloat16", "float16")
 FIELDS = frozenset(
@@ -97,9 +102,9 @@ def validate(settings: dict[str, Any]) -> None:
     dtype = settings.get("dtype")
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"torchao: dtype = {dtype!r} is not one of {list(DTYPES)}")
-    if quant_type in FP4_TYPES and dtype != "bfloat16":
-        raise ValueError(f"torchao: quant_type = {quant_type!r} quantizes bfloat16 weights: set dtype = 'bfloat16' "
-                         f"(got {dtype!r})")
+    if quant_type in BFLOAT16_ONLY and dtype != "bfloat16":
+        raise ValueError(f"torchao: quant_type = {quant_type!r} quantizes bfloat16 weights only ({BFLOAT16_ONLY[quant_type]}): "
+                         f"set dtype = 'bfloat16' (got {dtype!r})")
 
 
 def check_device(quant_type: str, device: str) -> None:

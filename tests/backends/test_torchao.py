@@ -33,4 +33,4 @@ def test_torchao_cuda_only_types_fail_clearly_on_cpu(quant_type):
     from pytest_quant.backends import torchao
 
     with pytest.raises(ValueError, match="needs CUDA"):
-        torchao.load(request_for(quant_type=quant_type))
+        torchao.load(request_for(quant_type=quant_type, dtype="bfloat16"))
