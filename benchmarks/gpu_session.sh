@@ -32,6 +32,7 @@
 #                                          # reference decoded eagerly, generate-phase VRAM, decoding KL). Needs the
 #                                          # .whl additions of benchmarks/README.md (compressed-tensors, hqq, ...)
 #   bash benchmarks/gpu_session.sh s3c     # torchao-fp8's gate in bfloat16 (recording it), then decode4 in less time
+#   bash benchmarks/gpu_session.sh s3d     # torchao-int8wo's cold and warm compile at 1.1B (200 s)
 #   bash benchmarks/gpu_session.sh s3a     # issues 22/23: the FP4, FP8 and compressed-tensors recipes with the
 #                                          # reference and bnb-nf4, every test of the gate (quality, memory, speed,
 #                                          # task, layers) cold with --snapshot-update (records nvidia-h200)
@@ -74,7 +75,7 @@ PY
 }
 
 case "${1:-scale}" in
-decode4|decode8b|s3c)
+decode4|decode8b|s3c|s3d)
   s0=$(date +%s)
   python3 -m compileall -q -j 16 /tmp/site > /dev/null 2>&1
   echo "compileall $(( $(date +%s) - s0 )) s" | tee -a "$OUT/machine.txt"
@@ -88,7 +89,10 @@ decode4|decode8b|s3c)
     grep -E "^(PASSED|FAILED|ERROR)|passed|failed" "$OUT/s3c-fp8.log" | tail -14
     tar czf "$OUT/baselines-s3c.tgz" baselines/tiny/nvidia-h200
   fi
-  if [ "$1" != decode8b ]; then
+  if [ "$1" = s3d ]; then  # what s3c's 345 s left: torchao-int8wo's warm compile beside its cold one
+    timeout 200 python3 benchmarks/bench_decode_modes.py --recipes torchao-int8wo --passes cold,warm \
+      --inductor-dir /tmp/inductor --json "$OUT/modes-s3d.json" 2>&1 | grep -v "^{\|^W12" | tail -8
+  elif [ "$1" != decode8b ]; then
     timeout "$bench" python3 benchmarks/bench_decode_modes.py --recipes reference,torchao-int8wo --passes cold,warm \
       --inductor-dir /tmp/inductor --json "$OUT/modes-decode4.json" 2>&1 | grep -v "^{\|^W12" | tail -20 \
       | tee "$OUT/modes-decode4.log"
