@@ -198,7 +198,7 @@ def test_llm_int8_falls_back_to_eager_by_itself_and_says_why(tmp_path) -> None:
 
 
 def test_a_decode_over_its_timing_budget_is_refused_with_the_estimate(tiny) -> None:
-    from pytest_quant.measure.throughput import TimingBudgetExceeded, check_budget
+    from pytest_quant.measure.timing_budget import TimingBudgetExceeded, check_budget
 
     check_budget((0.5, 0.4), 4, 128, 8, budget_s=150.0, mode="eager")  # 8 x (0.5 + 128 x 0.1) = 106.4 s: fits
     with pytest.raises(TimingBudgetExceeded, match=r"about 106 s \(8 runs of a 0.50 s prefill and 128 steps at "

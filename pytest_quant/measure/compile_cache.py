@@ -6,12 +6,21 @@ compile of the process (the plugin passes ``<--quant-cache-dir>/inductor``). A s
 directory loads the compiled graphs instead of generating and compiling their kernels again: dynamo still
 traces the model, so a warm compile is cheaper, not free. ``CacheCounter`` tells a hit from a miss by
 inductor's own counters.
+
+Inductor's settings are process-wide, and libraries change them while they load: torchao's quantization
+(``set_inductor_config=True``, its default) turns on coordinate-descent tuning for every later compile of the
+process, which made the next recipes' compiles take minutes (torchao-nvfp4 188 s, torchao-mxfp4 135 s on the
+H200 after torchao-fp8's load) and their figures depend on what ran before them. ``changes_undone`` puts the
+settings back after a load and returns what the library set; ``applied`` sets it again only while that
+recipe's own decode step compiles.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 HIT, MISS, PARTIAL = "hit", "miss", "partial"
 
@@ -49,3 +58,42 @@ class CacheCounter:
         if hits and misses:
             return PARTIAL
         return HIT if hits else MISS if misses else ""
+
+
+def inductor_settings() -> dict[str, Any]:
+    """A copy of inductor's process-wide settings (dotted names for nested ones, e.g. ``triton.cudagraphs``)."""
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.get_config_copy()
+
+
+def changes_undone(before: dict[str, Any]) -> dict[str, Any]:
+    """Put back every inductor setting that differs from ``before`` (taken before a library's load); returns
+    the settings the library had made, by name."""
+    import torch._inductor.config as inductor_config
+
+    changed = {}
+    for name, value in inductor_config.get_config_copy().items():
+        if name in before and not _same(before[name], value):
+            changed[name] = value
+            setattr(inductor_config, name, before[name])
+    return changed
+
+
+@contextmanager
+def applied(settings: dict[str, Any] | None) -> Iterator[None]:
+    """Inductor's settings with ``settings`` on top for the block (nothing done for none)."""
+    if not settings:
+        yield
+        return
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(settings):
+        yield
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # a value whose == is not a truth value
+        return a is b

@@ -15,6 +15,8 @@ import statistics
 import time
 from dataclasses import dataclass
 
+from .timing_budget import PROBE_STEPS, check_budget
+
 COMPILED = "compiled"
 CUDA_GRAPH = "cuda-graph"
 EAGER = "eager"
@@ -202,26 +204,6 @@ def open_decoder(model, prompt, decode_tokens: int, mode: str, fallback: bool = 
     raise AssertionError("unreachable: the chain ends with eager")
 
 
-PROBE_STEPS = 4  # decode steps of the probe run that estimates the timing against a budget
-
-
-class TimingBudgetExceeded(RuntimeError):
-    """The timed decode would take longer than its budget (the estimate and the figures it came from)."""
-
-
-def check_budget(probe: tuple[float, float], probe_steps: int, decode_tokens: int, runs: int, budget_s: float,
-                 mode: str) -> None:
-    """Raise ``TimingBudgetExceeded`` where ``runs`` runs of a prefill and ``decode_tokens`` steps, at the
-    probe's seconds (``probe``: its prefill and its ``probe_steps`` steps), would take more than ``budget_s``."""
-    prefill_s, decode_s = probe
-    step_s = decode_s / probe_steps
-    estimate = runs * (prefill_s + decode_tokens * step_s)
-    if estimate > budget_s:
-        raise TimingBudgetExceeded(
-            f"timing decode in {mode} mode would take about {estimate:.0f} s ({runs} runs of a {prefill_s:.2f} s "
-            f"prefill and {decode_tokens} steps at {step_s:.3f} s a step), over the budget of {budget_s:g} s")
-
-
 def measure_throughput(
     model,
     prompt_ids: list[int],
@@ -235,6 +217,7 @@ def measure_throughput(
     fallback: bool = True,
     new_cache=None,
     budget_s: float | None = None,
+    compile_settings: dict | None = None,
 ) -> ThroughputMeasurement:
     """Time ``warmup_runs + repeats`` runs of a prefill of ``batch_size`` copies of ``prompt_ids`` followed by
     ``decode_tokens`` greedy steps, in ``mode`` ("auto": compiled on CUDA, eager on CPU; "compiled",
@@ -243,7 +226,9 @@ def measure_throughput(
     ``new_cache``: makes each run's KV cache (a quantized cache, which only the eager mode can run).
     ``budget_s``: the most seconds the runs may take; a short probe run (a prefill and ``PROBE_STEPS`` steps,
     after the compile and capture) estimates them first, and ``TimingBudgetExceeded`` says the estimate instead
-    of running a decode that would take far longer (a kernel that is slow at one token per step)."""
+    of running a decode that would take far longer (a kernel that is slow at one token per step).
+    ``compile_settings``: inductor settings applied while the step compiles and is captured (those the recipe's
+    library made at load, which the session undid for everything else)."""
     import torch
 
     check_arguments(prompt_ids, decode_tokens, repeats, warmup_runs, batch_size, mode)
@@ -254,8 +239,13 @@ def measure_throughput(
     prompt = torch.tensor([list(prompt_ids)] * batch_size, device=device)
     prefill_rates, decode_rates = [], []
     with torch.inference_mode():
-        opened = (open_decoder(model, prompt, decode_tokens, requested, fallback, compile_cache_dir)
-                  if requested != EAGER else OpenedDecoder(None, EAGER, []))
+        if requested != EAGER:
+            from .compile_cache import applied
+
+            with applied(compile_settings):
+                opened = open_decoder(model, prompt, decode_tokens, requested, fallback, compile_cache_dir)
+        else:
+            opened = OpenedDecoder(None, EAGER, [])
         decoder = opened.decoder
 
         def run(steps: int) -> tuple[float, float]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,6 +14,7 @@ import pytest
 
 from ..backends import LoadRequest, Registry
 from ..hardware import free_device_memory, hardware_name, placement_devices, placement_label
+from ..measure import compile_cache
 from ..models import embedded_calibration_text
 from ..units import format_bytes
 from .ledger import Ledger
@@ -53,6 +54,7 @@ class LiveModel:
     tracker: Any  # measure.vram.VramTracker, started just before the backend put anything on the device
     allocated_before_bytes: int  # what the devices held before the load: the release check's target
     device: str
+    compile_settings: dict[str, Any] = field(default_factory=dict)  # inductor settings its library made at load
 
 
 def holders(obj) -> list[str]:
@@ -104,12 +106,18 @@ class Live:
         self._progress(f"loading {pair.model.name} under {pair.recipe.name} on {self._placement.label}")
         backend = self._registry[pair.recipe.backend]
         import_s = timed_import(backend)
+        # a CUDA decode compiles: a library's process-wide inductor settings must not reach other recipes' compiles
+        inductor = compile_cache.inductor_settings() if any(d.startswith("cuda") for d in devices) else None
         start = time.perf_counter()
         loaded = backend.load_model(LoadRequest(
             model_path=pair.model.path, recipe=pair.recipe, device=device, cache_dir=self._cache_dir,
             calibration_text=embedded_calibration_text(), device_map=self._device_map,
             trust_remote_code=self._trust_remote_code, before_load=lambda: trackers.append(VramTracker(device, devices))))
         load_s = time.perf_counter() - start
+        compile_settings = compile_cache.changes_undone(inductor) if inductor is not None else {}
+        if compile_settings:
+            self._progress(f"{pair.id}: {pair.recipe.backend} set inductor's {', '.join(sorted(compile_settings))} "
+                           "for the whole process while loading: undone, applied to this recipe's own compile only")
         problem = loaded_problem(loaded)
         if problem:
             raise RuntimeError(f"pytest-quant: backend {pair.recipe.backend!r} loaded {pair.id} {problem}")
@@ -125,7 +133,8 @@ class Live:
         quantized = f", quantized in {loaded.quantize_seconds:.1f} s" if loaded.quantize_seconds else ""
         cache = f", cache {loaded.cache}" if loaded.cache else ""
         self._progress(f"{pair.id} loaded in {load_s:.1f} s ({loaded.kernel}{quantized}{cache})")
-        self.current = LiveModel(pair, loaded.model, loaded.tokenizer, tracker, tracker.allocated_before_bytes, device)
+        self.current = LiveModel(pair, loaded.model, loaded.tokenizer, tracker, tracker.allocated_before_bytes, device,
+                                 compile_settings)
         return self.current
 
     def close(self, live: LiveModel) -> None:

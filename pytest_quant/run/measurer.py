@@ -144,7 +144,8 @@ class Measurer:
                             other_batches=known.other_batches + extra)
 
     def _time(self, live: LiveModel, batch: int, mode: str, fallback: bool = True):
-        from ..measure.throughput import TimingBudgetExceeded, measure_throughput
+        from ..measure.throughput import measure_throughput
+        from ..measure.timing_budget import TimingBudgetExceeded
 
         prompt = list(self._inputs.windows(live.pair.model, live.tokenizer).windows[0].input_ids[:PROMPT_TOKENS])
         settings = THROUGHPUT[device_kind(live.device)]
@@ -156,6 +157,7 @@ class Measurer:
             throughput = own(prompt, batch_size=batch, **settings) if callable(own) else measure_throughput(
                 live.model, prompt, batch_size=batch, mode=mode, fallback=fallback,
                 compile_cache_dir=self._settings.compile_cache_dir, new_cache=kv_cache_factory(live),
+                compile_settings=live.compile_settings,
                 budget_s=self._settings.timing_budget_s, **settings)
         except TimingBudgetExceeded as error:
             raise TimingBudgetExceeded(f"pytest-quant: {live.pair.id}: {error}; raise --quant-timing-budget (ini "
