@@ -52,8 +52,6 @@ def parse_whole(flag: str, value: str, minimum: int) -> int:
     return n
 
 
-
-
 def parse_seconds(flag: str, value: str) -> float:
     try:
         seconds = float(value)
@@ -71,11 +69,11 @@ def parse_top_k_option(value: str) -> int | str:
     return parse_whole("--quant-reference-top-k", text, minimum=1)
 
 
-def parse_existing_file(flag: str) -> Callable[[str], Path]:
+def parse_existing_file(flag: str, folder: bool = False) -> Callable[[str], Path]:
     def parse(value: str) -> Path:
         path = Path(value).expanduser()
-        if not path.is_file():
-            raise argparse.ArgumentTypeError(f"{flag} {value!r}: no such file")
+        if not (path.is_dir() if folder else path.is_file()):
+            raise argparse.ArgumentTypeError(f"{flag} {value!r}: no such {'folder' if folder else 'file'}")
         return path
 
     return parse
@@ -93,16 +91,14 @@ def parse_prompts_file(value: str) -> Path:
     return path
 
 
-def parse_tasks_file(value: str) -> Path:
-    """A task file, read and checked now (a bad line is named as file:line), before any model loads."""
-    from .tasks import read_tasks
+def parse_tasks_file(value: str):
+    """A task file read and checked now (``tasks.tasks_option``), or an lm-eval spec, before any model loads."""
+    from .tasks import tasks_option
 
-    path = Path(value).expanduser()
     try:
-        read_tasks(path)
+        return tasks_option(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--quant-tasks {value!r}: {exc}") from None
-    return path
 
 
 DECODE_MODES = ("compiled", "cuda-graph", "eager")  # pytest_quant.recipes.DECODE_MODES
@@ -175,7 +171,10 @@ OPTIONS: tuple[Option, ...] = (
            '"prompt" or chat "messages" (default: openings of the embedded held-out text)', parse_prompts_file),
     Option("--quant-tasks", 'items for task_accuracy: a .jsonl file, one item a line: multiple choice ("question", '
            '"choices", "answer") or short answer ("question", "answer") (default: the embedded cloze task, written '
-           "from the held-out text)", parse_tasks_file),
+           "from the held-out text); or lm-eval:<task.yaml or task name>[,...]: lm-eval multiple-choice tasks with local "
+           "data, run by lm-eval on the loaded model (extra tasks)", parse_tasks_file),
+    Option("--quant-lm-eval-include", "a folder of lm-eval task YAMLs where the task names of --quant-tasks=lm-eval:... "
+           "are looked up first (then lm-eval's own tasks)", parse_existing_file("--quant-lm-eval-include", folder=True)),
     Option("--quant-trust-remote-code", "let transformers run the Python code a model folder ships (auto_map in its "
            "config.json or tokenizer_config.json); without it such a folder is refused at start-up (default: false)",
            ini_type="bool", action="store_true"),
@@ -239,7 +238,7 @@ class QuantOptions:
     trust_remote_code: bool = False  # --quant-trust-remote-code: passed to every from_pretrained (LoadRequest)
     decode_mode: str = "eager"  # --quant-decode-mode: measure.throughput's mode (a recipe's decode_mode may lower it)
     timing_budget_s: float = 600.0  # --quant-timing-budget: the most seconds one recipe's timed decode may take
-    tasks: Path | None = None  # --quant-tasks; None: pytest_quant.tasks.cloze_task
+    tasks: Any = None  # --quant-tasks: a Path, a lmeval_tasks.LmEvalSpec; None: pytest_quant.tasks.cloze_task
 
     @property
     def sharded(self) -> bool:
@@ -290,5 +289,12 @@ class QuantOptions:
             trust_remote_code=bool(value_or_ini(config, "--quant-trust-remote-code")),
             decode_mode=decode_mode,
             timing_budget_s=value_or_ini(config, "--quant-timing-budget") or 600.0,
-            tasks=value_or_ini(config, "--quant-tasks"),
+            tasks=_tasks(config),
         )
+
+
+def _tasks(config: pytest.Config):
+    """--quant-tasks, with --quant-lm-eval-include folded into its lm-eval spec (``lmeval_tasks.fold_include``)."""
+    from .lmeval_tasks import fold_include
+
+    return fold_include(value_or_ini(config, "--quant-tasks"), value_or_ini(config, "--quant-lm-eval-include"))

@@ -35,6 +35,8 @@ def check_start(config: pytest.Config, options) -> None:
         check_model(model, bool(getattr(options, "trust_remote_code", False)))
     if options.prompts is not None:
         check_prompts(Path(options.prompts), options.models)
+    if hasattr(options.tasks, "with_include"):
+        check_lm_eval_tasks(options.tasks)
     check_decode_batch(options)
     if controller:
         sweep_cache(Path(options.cache_dir))
@@ -51,6 +53,17 @@ def check_model(model, trust_remote_code: bool) -> None:
         raise pytest.UsageError(
             f"--quant-model {model.path}: the folder ships Python code that transformers would run to load it: "
             f"{found[0]}; pass --quant-trust-remote-code (ini quant_trust_remote_code = true) if you trust that code")
+
+
+def check_lm_eval_tasks(spec) -> None:
+    """Every document of the lm-eval tasks named becomes an item (``lmeval_tasks.read_items``): lm-eval loads
+    the tasks and their local data now, so a bad YAML, data file or document stops the run before any model loads."""
+    from .lmeval_tasks import read_items
+
+    try:
+        read_items(spec)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--quant-tasks {spec}: {exc}") from None
 
 
 def check_prompts(path: Path, models) -> None:

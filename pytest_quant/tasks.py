@@ -30,6 +30,18 @@ CLOZE_SEED = 20261201
 CLOZE_SOURCE = "cloze"
 
 
+def tasks_option(value: str):
+    """--quant-tasks: a task file (read and checked now: a bad line is named as file:line) or ``lm-eval:...``
+    (``lmeval_tasks.LmEvalSpec``: its YAML files named now, its documents checked by ``startup``)."""
+    from .lmeval_tasks import is_lm_eval, parse_spec
+
+    if is_lm_eval(value):
+        return parse_spec(value)
+    path = Path(value).expanduser()
+    read_tasks(path)
+    return path
+
+
 def read_tasks(path) -> tuple[TaskItem, ...]:
     """The items of a task file; ``ValueError`` naming ``file:line`` and what is accepted for a bad line."""
     path = Path(path)
@@ -135,9 +147,10 @@ def cloze_task(path: Path | None = None, items: int = CLOZE_ITEMS) -> tuple[Task
     return tuple(out)
 
 
-def task_digest(items) -> str:
-    """A hash of the items' content (what a cached reference's answers were given for)."""
-    digest = hashlib.sha256()
+def task_digest(items, salt: str = "") -> str:
+    """A hash of the items' content (what a cached reference's answers were given for), and of ``salt`` (what
+    scored them, where not this package: an lm-eval task's config)."""
+    digest = hashlib.sha256(salt.encode())
     for item in items:
         digest.update(json.dumps([item.question, list(item.choices), item.answer, list(item.aliases)]).encode())
     return digest.hexdigest()

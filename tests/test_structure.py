@@ -17,7 +17,7 @@ LAYERS = (
     ("pytest_quant", "pytest_quant.units", "pytest_quant.atomic", "pytest_quant.hookspecs", "pytest_quant.calibration"),
     ("pytest_quant.hardware", "pytest_quant.qcache"),
     ("pytest_quant.measure",),
-    ("pytest_quant.models", "pytest_quant.prompts", "pytest_quant.tasks"),
+    ("pytest_quant.models", "pytest_quant.prompts", "pytest_quant.tasks", "pytest_quant.lmeval_tasks"),
     ("pytest_quant.recipes",),
     ("pytest_quant.backends",),
     ("pytest_quant.options", "pytest_quant.cache_key", "pytest_quant.__main__"),

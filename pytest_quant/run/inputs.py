@@ -29,7 +29,7 @@ class Inputs:
     """The eval windows (tokenized once per model), the prompts and the task items (each read once)."""
 
     def __init__(self, eval_text: Path, eval_tokens: int, prompts_path: Path | None, strict: bool,
-                 trust_remote_code: bool = False, tasks_path: Path | None = None):
+                 trust_remote_code: bool = False, tasks_path=None):
         from ..measure.quality import EvalSpec
 
         self.spec = EvalSpec(text_path=eval_text, max_tokens=eval_tokens)  # its batch_windows: the eval batch
@@ -41,6 +41,7 @@ class Inputs:
         self._prompts = None
         self._tasks_path = tasks_path
         self._tasks = None
+        self._task_salt = ""  # an lm-eval task's config (lmeval_tasks.read_items)
 
     @property
     def batch_windows(self) -> int:
@@ -82,15 +83,34 @@ class Inputs:
 
 
     def tasks(self):
-        """The task items: --quant-tasks, else the embedded cloze task written from the held-out text."""
+        """The task items: --quant-tasks (a file, or lm-eval tasks' documents), else the embedded cloze task."""
         from ..tasks import cloze_task, read_tasks
 
         if self._tasks is None:
-            self._tasks = read_tasks(self._tasks_path) if self._tasks_path is not None else cloze_task()
+            if self.lm_eval is not None:
+                from ..lmeval_tasks import read_items
+
+                self._tasks, self._task_salt = read_items(self.lm_eval)
+            else:
+                self._tasks = read_tasks(self._tasks_path) if self._tasks_path is not None else cloze_task()
         return self._tasks
 
     @property
+    def lm_eval(self):
+        """The lm-eval tasks named by --quant-tasks=lm-eval:... (lmeval_tasks.LmEvalSpec), else None."""
+        return self._tasks_path if hasattr(self._tasks_path, "with_include") else None
+
+    def task_digest(self) -> str:
+        """What the reference's cached answers were given for: the items, and an lm-eval task's config."""
+        from ..tasks import task_digest
+
+        items = self.tasks()
+        return task_digest(items, self._task_salt)
+
+    @property
     def task_name(self) -> str:
+        if self.lm_eval is not None:
+            return self.lm_eval.name
         return Path(self._tasks_path).name if self._tasks_path is not None else "the embedded cloze task"
 
 

@@ -121,12 +121,10 @@ class Extras:
 
 def save_extras(path: Path, key: str, data, inputs) -> None:
     """Write the reference's layer data and task answers beside its cached predictions (``path``)."""
-    from ..tasks import task_digest
-
     if data.layers is not None:
         save_layers(layers_path(path), key, data.layers)
     if data.tasks is not None:
-        digest = task_digest(inputs.tasks())
+        digest = inputs.task_digest()
         save_tasks(tasks_path(path, digest), key, digest, data.tasks)
 
 
@@ -135,7 +133,6 @@ def restore_extras(path: Path, key: str, inputs, model, needs) -> tuple[Extras |
     when something this run needs (``needs``: "tasks", "layers") is missing or cannot be used."""
     from ..measure.layers import SAMPLE_TOKENS, LayerErrors
     from ..measure.tasks import compare
-    from ..tasks import task_digest
 
     out = Extras()
     sample = tuple(inputs.windows(model).windows[0].input_ids[:SAMPLE_TOKENS])
@@ -146,7 +143,7 @@ def restore_extras(path: Path, key: str, inputs, model, needs) -> tuple[Extras |
         out.figures["layers"] = LayerErrors(skipped="the reference itself: the yardstick of every layer")
     if "tasks" in needs:
         items = inputs.tasks()
-        digest = task_digest(items)
+        digest = inputs.task_digest()
         out.tasks, why = load_tasks(tasks_path(path, digest), key, digest, items)
         if out.tasks is None:
             return None, f"its answers to {inputs.task_name} {why or 'are not cached'}"
