@@ -15,6 +15,7 @@ from typing import Any, Callable
 import pytest
 
 from .hardware import is_cuda
+from .images import parse_images
 from .measure.reference import DEFAULT_TOP_K  # its one place: measured in benchmarks/bench_compact_kl.py
 from .models import EMBEDDED, ModelSource, embedded_eval_text, resolve_model
 
@@ -169,6 +170,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--quant-report", "write the summary to PATH: .md, .json or .html, with a plot beside it", Path),
     Option("--quant-prompts", "prompts for generation_agreement: a text file, one prompt a line, or .jsonl with "
            '"prompt" or chat "messages" (default: openings of the embedded held-out text)', parse_prompts_file),
+    Option("--quant-images", "image prompts for image-text-to-text models: a folder of images (each asked \"What is in "
+           'this picture?\") or .jsonl with "image" and "prompt", or chat "messages" with one image part (default: '
+           "images drawn by the plugin)", parse_images),
     Option("--quant-tasks", 'items for task_accuracy: a .jsonl file, one item a line: multiple choice ("question", '
            '"choices", "answer") or short answer ("question", "answer") (default: the embedded cloze task, written '
            "from the held-out text); or lm-eval:<task.yaml or task name>[,...]: lm-eval multiple-choice tasks with local "
@@ -233,6 +237,7 @@ class QuantOptions:
     reference_top_k: int | str = DEFAULT_TOP_K
     decode_batch: int = 1
     prompts: Path | None = None  # --quant-prompts; None: pytest_quant.prompts.default_prompts
+    images: Path | None = None  # --quant-images; None: pytest_quant.images.default_images
     device_map: str | None = None  # "auto" (--quant-device auto): models spread over the visible GPUs; device = the first
     device_given: str | None = None  # --quant-device as given (None: the default); pytest_quant.workers reads it
     trust_remote_code: bool = False  # --quant-trust-remote-code: passed to every from_pretrained (LoadRequest)
@@ -284,6 +289,7 @@ class QuantOptions:
             reference_top_k=value_or_ini(config, "--quant-reference-top-k") or DEFAULT_TOP_K,
             decode_batch=value_or_ini(config, "--quant-decode-batch") or 1,
             prompts=value_or_ini(config, "--quant-prompts"),
+            images=value_or_ini(config, "--quant-images"),
             device_map=device_map,
             device_given=device_given,
             trust_remote_code=bool(value_or_ini(config, "--quant-trust-remote-code")),

@@ -15,6 +15,7 @@ from .options import QuantOptions, add_options, value_or_ini
 from .recipes import RecipeError, available_recipes
 from .report.properties import PREFIX, RELEASED, detail, properties
 from .report.summary import SummaryPlugin
+from .models.vision import is_image_text_to_text
 from .run.inputs import few_tokens_note
 from .run.measurer import NEEDS
 from .run.pairs import Pair
@@ -240,7 +241,9 @@ def _reasons(item: pytest.Item, verdict: Verdict) -> str:
     reasons = verdict.reasons
     quality = getattr(item.stash.get(MEASURED_KEY, None), "quality", None)
     options = item.config.stash[SESSION_KEY].options
-    few = quality and few_tokens_note(quality.tokens_scored, options.eval_tokens, options.eval_text)
+    pair = getattr(getattr(item, "callspec", None), "params", {}).get("quant_pair")
+    images = isinstance(pair, Pair) and is_image_text_to_text(pair.model.path)  # scored its image prompts' answers
+    few = quality and not images and few_tokens_note(quality.tokens_scored, options.eval_tokens, options.eval_text)
     return reasons + ("\n" + few.removeprefix("pytest-quant: ") if few else "")
 
 

@@ -15,7 +15,7 @@ import pytest
 # Options whose value is a path: written as ``--flag PATH`` with no test path, pytest's rootdir and ini-file
 # discovery (which runs before plugins' options are known) takes PATH for a test path.
 PATH_FLAGS = ("--quant-model", "--quant-eval-text", "--quant-baseline-dir", "--quant-cache-dir", "--quant-report",
-              "--quant-prompts", "--quant-tasks")
+              "--quant-prompts", "--quant-tasks", "--quant-images")
 
 
 def check_start(config: pytest.Config, options) -> None:
@@ -35,6 +35,12 @@ def check_start(config: pytest.Config, options) -> None:
         check_model(model, bool(getattr(options, "trust_remote_code", False)))
     if options.prompts is not None:
         check_prompts(Path(options.prompts), options.models)
+    if getattr(options, "images", None) is not None:
+        from .images import images_problem
+
+        problem = images_problem(Path(options.images), options.models)
+        if problem:
+            raise pytest.UsageError(problem)
     if hasattr(options.tasks, "with_include"):
         check_lm_eval_tasks(options.tasks)
     check_decode_batch(options)

@@ -74,6 +74,8 @@ class Backend:
     selectable: bool = True  # False: not a recipe a user names (the pre-quantized checkpoint's)
     reference: str = "reference"  # the recipe a user recipe of this backend is compared with
     imports: tuple[str, ...] = ()  # what load imports first (modules or "module:function"): timed as import_s
+    # loads image-text-to-text models (models.vision) with their Auto class; False: its recipes skip them, naming why
+    vision_language: bool = False
 
     def missing(self, model_path: Path | None = None) -> list[str]:
         """Import names this backend needs that are not installed (checked without importing them)."""
@@ -184,10 +186,11 @@ def _origin(backend: "Backend") -> str:
 
 _PKG = "pytest_quant.backends"
 BUILTIN_BACKENDS: tuple[Backend, ...] = (
-    Backend("reference", f"{_PKG}.reference:load", fields=frozenset({"dtype"}), validate=f"{_PKG}.reference:validate"),
+    Backend("reference", f"{_PKG}.reference:load", fields=frozenset({"dtype"}), validate=f"{_PKG}.reference:validate",
+            vision_language=True),
     Backend("bitsandbytes", f"{_PKG}.bitsandbytes:load", ("bitsandbytes",), "pip install 'pytest-quant[bnb]'",
             fields=frozenset({"dequantize"}), config_classes=("BitsAndBytesConfig",),
-            validate=f"{_PKG}.bitsandbytes:validate", imports=("bitsandbytes",)),
+            validate=f"{_PKG}.bitsandbytes:validate", imports=("bitsandbytes",), vision_language=True),
     Backend("gptqmodel", f"{_PKG}.gptqmodel:load", ("gptqmodel", "optimum"), "pip install 'pytest-quant[gptq]'",
             fields=frozenset({"method", "kernel", "calibration", "calibration_samples", "calibration_seq_len",
                               "version", "batch_size"}),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import Loaded, LoadRequest
-from .common import default_dtype, load_tokenizer, quantized_linear_classes
+from .common import default_dtype, load_pretrained, load_tokenizer, quantized_linear_classes
 
 BOOLEAN_FIELDS = ("load_in_4bit", "load_in_8bit", "bnb_4bit_use_double_quant", "llm_int8_has_fp16_weight",
                   "llm_int8_enable_fp32_cpu_offload", "dequantize")
@@ -45,7 +45,9 @@ def validate(settings: dict[str, Any]) -> None:
 
 
 def load(request: LoadRequest) -> Loaded:
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
+
+    from .skip_modules import skip_problem
 
     dtype = default_dtype(request.model_path, request.device)
     options = request.recipe.options
@@ -53,10 +55,13 @@ def load(request: LoadRequest) -> Loaded:
     if options.get("load_in_4bit"):
         options.setdefault("bnb_4bit_compute_dtype", dtype)
     config = BitsAndBytesConfig(**options)
-    model = AutoModelForCausalLM.from_pretrained(
-        request.model_path, quantization_config=config, dtype=dtype, device_map=request.placement,
-        trust_remote_code=request.trust_remote_code,
-    )
+    model = load_pretrained(request.model_path, request.trust_remote_code, quantization_config=config, dtype=dtype,
+                            device_map=request.placement)
+    problem = skip_problem(model, options.get("llm_int8_skip_modules"), "llm_int8_skip_modules",
+                           getattr(request.recipe, "name", "?"))
+    if problem:
+        del model  # not kept alive by the error's frames
+        raise ValueError(problem)
     kernel = quantized_linear_classes(model)
     if dequantize:
         model = dequantize_checked(model, getattr(request.recipe, "name", "?"))

@@ -42,6 +42,23 @@ def quantized_linear_classes(model) -> str:
             type(m).__name__
             for m in model.modules()
             if type(m) is not torch.nn.Linear and "linear" in type(m).__name__.lower()
+            and not type(m).__module__.startswith("torch.nn")  # MultiheadAttention's out_proj: torch's own
         }
     )
     return ",".join(names) or "Linear"
+
+
+def pretrained_class(model_path: Path):
+    """The transformers Auto class for the folder: AutoModelForImageTextToText for a model with a vision tower
+    (``models.vision``), else AutoModelForCausalLM."""
+    import transformers
+
+    from ..models import read_config
+    from ..models.vision import auto_class_name
+
+    return getattr(transformers, auto_class_name(read_config(model_path)))
+
+
+def load_pretrained(model_path: Path, trust_remote_code: bool = False, **kwargs):
+    """``from_pretrained`` of the folder's Auto class, ``trust_remote_code`` passed explicitly."""
+    return pretrained_class(model_path).from_pretrained(model_path, trust_remote_code=trust_remote_code, **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import Loaded, LoadRequest
-from .common import default_dtype, load_tokenizer
+from .common import default_dtype, load_pretrained, load_tokenizer
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -18,12 +18,10 @@ def validate(settings: dict[str, Any]) -> None:
 
 def load(request: LoadRequest) -> Loaded:
     import torch
-    from transformers import AutoModelForCausalLM
 
     name = request.recipe.get("dtype")
     dtype = getattr(torch, name) if name else default_dtype(request.model_path, request.device)
-    model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=dtype, device_map=request.placement,
-                                                 trust_remote_code=request.trust_remote_code)
+    model = load_pretrained(request.model_path, request.trust_remote_code, dtype=dtype, device_map=request.placement)
     model.eval()
     return Loaded(model, load_tokenizer(request.model_path, request.trust_remote_code), str(dtype).removeprefix("torch."),
                   kernel="Linear")

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .tokens import tokenize_text
+
 
 @dataclass(frozen=True)
 class RollingWindow:
@@ -132,11 +134,6 @@ def model_max_positions(model) -> int | None:
     return int(value) if value else None
 
 
-def tokenize_text(tokenizer, text: str) -> list[int]:
-    """The text's own tokens. No special tokens: the prefix token is the window's BOS, as in lm-eval."""
-    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-
-
 def prepare(tokenizer, spec: EvalSpec, prefix_token: int | None = None, max_positions: int | None = None) -> EvalWindows:
     """Tokenize ``spec.text_path`` once and cut it into windows.
 
@@ -203,6 +200,7 @@ def evaluate(
     batch_windows: int = 8,
     reference=None,
     keep_reference_top_k=None,
+    window_inputs=None,
 ):
     """Score every window; return ``(QualityMeasurement, CompactReference or None, TokenScores)``.
 
@@ -212,7 +210,8 @@ def evaluate(
     reference: its top-k log-probabilities come back as a ``CompactReference`` (see ``measure.reference``).
     Only the scored positions' logits are requested where the model supports ``logits_to_keep``; the float32
     log-softmax is taken one window at a time, so the device holds one batch's logits plus one window's
-    float32 copy.
+    float32 copy. ``window_inputs(first, count)``: the other model inputs of windows ``first .. first + count``
+    (an image's pixel values, ``measure.vision``).
     """
     import torch
 
@@ -232,7 +231,7 @@ def evaluate(
     builder = None
     nll_sum = torch.zeros((), dtype=torch.float64, device=device)
     target_parts, kl_parts, match_parts = [], [], []
-    offset = 0
+    offset = first = 0
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -244,7 +243,9 @@ def evaluate(
             kwargs: dict[str, Any] = {"use_cache": False}
             if trim_logits and n_keep < input_ids.shape[1]:
                 kwargs["logits_to_keep"] = n_keep
-            logits = model(input_ids=input_ids, **kwargs).logits
+            extra = {} if window_inputs is None else window_inputs(first, len(batch))
+            logits = model(input_ids=input_ids, **extra, **kwargs).logits
+            first += len(batch)
             if logits.device != device:  # a model spread over GPUs returns them from its last one
                 logits = logits.to(device)
             for row, window in enumerate(batch):

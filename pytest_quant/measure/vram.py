@@ -37,6 +37,9 @@ class VramMeasurement:
     # subclasses counted by what they hold). The allocator's resident figure is at least this, unless the
     # model reached the device before the tracker started (a backend that calls before_load too late).
     model_device_bytes: int | None = None
+    # an image-text-to-text model: bytes its language part (decoder and head) stores, each storage once, quantized
+    # weights packed; the figures above are the whole model's (vision tower and projector too). None: a text model
+    language_bytes: int | None = None
 
     @property
     def source(self) -> str:
@@ -112,9 +115,13 @@ class VramTracker:
             self.phase_peak_bytes[name] = max(peak, self.phase_peak_bytes.get(name, 0))
 
     def read(self, model) -> VramMeasurement:
+        from .vision import language_part_bytes
+
         footprint = int(model.get_memory_footprint())
+        language = language_part_bytes(model)
         if not self.cuda:
-            return VramMeasurement(self.device, resident_bytes=footprint, footprint_bytes=footprint)
+            return VramMeasurement(self.device, resident_bytes=footprint, footprint_bytes=footprint,
+                                   language_bytes=language)
         if self.resident_bytes is None:
             self.loaded()
         return VramMeasurement(
@@ -129,6 +136,7 @@ class VramTracker:
             resident_bytes_by_device=({hardware.host_device(d): b for d, b in self.resident_by_device.items()}
                                       if len(self.devices) > 1 else {}),
             model_device_bytes=model_device_bytes(model),
+            language_bytes=language,
         )
 
 

@@ -190,6 +190,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("vram_generate_peak_bytes", "VRAM peak while generating", "bytes", False, 0,
            _of("vram", "generate_peak_bytes"), format_bytes),
     Metric("vram_footprint_bytes", "footprint", "bytes", False, 0, _of("vram", "footprint_bytes"), format_bytes),
+    Metric("vram_language_bytes", "language part", "bytes", False, 0, _of("vram", "language_bytes"), format_bytes),
     Metric("vram_load_peak_bytes", "load peak", "bytes", None, 0, _of("vram", "load_peak_bytes"), format_bytes),
     Metric("vram_eval_peak_bytes", "evaluation peak", "bytes", None, 0, _of("vram", "eval_peak_bytes"), format_bytes),
     Metric("nvml_process_bytes", "NVML process", "bytes", None, 0, _of("vram", "nvml_process_bytes"), format_bytes),
@@ -275,7 +276,6 @@ METRIC: dict[str, Metric] = {m.key: m for m in METRICS}
 BASELINE_METRICS: tuple[Metric, ...] = tuple(METRIC[key] for key in BASELINE_RULES)
 BASELINE_METRIC: dict[str, Metric] = {m.key: m for m in BASELINE_METRICS}
 QUALITY_KEYS = frozenset({"perplexity", "mean_kl_nats", "p99_kl_nats", "top1_agreement_percent"})
-
 
 def marker_metrics(marker: str) -> tuple[Metric, ...]:
     """The metrics a marker's vs="baseline" compares; the first is what a bare ``tolerance=`` sets."""

@@ -31,6 +31,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("device", "device", "device", text=True),
     Column("kernel", "kernel", "kernel", text=True),
     Column("vram_resident_bytes", "VRAM resident (CPU: footprint)", "VRAM"),
+    # image-text-to-text models only: what their language part (decoder and head) holds of the VRAM column's whole model
+    Column("vram_language_bytes", "language part of it", "LM part", optional=True),
     # models spread over GPUs (--quant-device auto) only
     Column("vram_resident_by_device", "VRAM resident per GPU", "per GPU", text=True, terminal=False, optional=True),
     Column("vram_generate_peak_bytes", "VRAM peak generating", "gen peak", terminal=False),

@@ -25,8 +25,12 @@ def measure_layers(live: LiveModel, inputs: Inputs, ledger: Ledger, reference, p
     (``required``: a layer_error marker) skips with it."""
     from ..measure.layers import LayerErrors, capture, layer_errors, unsupported
 
+    from ..models.vision import is_image_text_to_text
+
     pair = live.pair
-    problem = unsupported(live.model)
+    problem = ("an image-text-to-text model: its layers are not compared on its image prompts (the eval text's "
+               "windows would pass its vision tower's layers for the decoder's)") \
+        if is_image_text_to_text(pair.model.path) else unsupported(live.model)
     if problem:
         ledger.record(pair, layers=LayerErrors(skipped=problem, unsupported=True))
         if required:

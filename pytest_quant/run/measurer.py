@@ -19,6 +19,7 @@ from typing import Any, Callable
 import pytest
 
 from ..hardware import device_kind
+from ..models.vision import is_image_text_to_text
 from .inputs import Inputs
 from .ledger import Ledger
 from .live import LiveModel
@@ -38,6 +39,7 @@ class ReferenceData:
     generations: dict[int, Any] = field(default_factory=dict)
     tasks: Any = None  # measure.tasks.TaskAnswers
     layers: Any = None  # measure.layers.LayerReference
+    answers: Any = None  # measure.vision.AnswerWindows: an image-text-to-text reference's answers, scored by its variants
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,11 @@ def decode_mode_of(recipe, settings: MeasureSettings) -> str:
 
 
 class Measurer:
-    def __init__(self, ledger: Ledger, inputs: Inputs, settings: MeasureSettings, progress: Callable[[str], None]):
+    def __init__(self, ledger: Ledger, inputs: Inputs, settings: MeasureSettings, progress: Callable[[str], None],
+                 images=None):
         self._ledger = ledger
         self._inputs = inputs
+        self._images = images  # run.images.ImageInputs: the image prompts of image-text-to-text models
         self._settings = settings
         self._progress = progress
 
@@ -87,7 +91,7 @@ class Measurer:
         # memory is read with the evaluation's peak in it: asking for memory runs the quality pass first
         if ("quality" in needs or "vram" in needs) and before.quality is None:
             with live.tracker.phase("evaluate"):
-                left.kept = self._quality(live, reference)
+                left.kept = self._quality(live, reference, left)
         for need in sorted(needs):
             if need == "throughput" or need.startswith("throughput:"):
                 batch = int(need.partition(":")[2] or self._settings.decode_batch)
@@ -120,9 +124,9 @@ class Measurer:
     def _throughput(self, live: LiveModel, batch: int, every_mode: bool) -> None:
         """Decode timed in the pair's mode; the reference also in every mode below it, so that a recipe that
         falls back (or pins a lower mode) is compared with the reference timed the same way."""
-        from ..measure.throughput import CHAIN
+        from ..measure.throughput import CHAIN, EAGER
 
-        mode = decode_mode_of(live.pair.recipe, self._settings)
+        mode = EAGER if is_image_text_to_text(live.pair.model.path) else decode_mode_of(live.pair.recipe, self._settings)
         throughput, timing_s = self._time(live, batch, mode)
         if every_mode and not self._settings.sharded and throughput.decode_mode in CHAIN:  # llama.cpp: its own mode
             ran = CHAIN.index(throughput.decode_mode)
@@ -147,7 +151,13 @@ class Measurer:
         from ..measure.throughput import measure_throughput
         from ..measure.timing_budget import TimingBudgetExceeded
 
-        prompt = list(self._inputs.windows(live.pair.model, live.tokenizer).windows[0].input_ids[:PROMPT_TOKENS])
+        model = live.model
+        if is_image_text_to_text(live.pair.model.path):  # the first image prompt, its image in every prefill
+            from .images import decode_prompt
+
+            prompt, model = decode_prompt(live, self._images)
+        else:
+            prompt = list(self._inputs.windows(live.pair.model, live.tokenizer).windows[0].input_ids[:PROMPT_TOKENS])
         settings = THROUGHPUT[device_kind(live.device)]
         self._progress(f"{live.pair.id}: timing prefill and {settings['decode_tokens']} decode steps at batch {batch} "
                        f"in {mode} mode ({settings['warmup_runs']} warm-up + {settings['repeats']} timed runs)")
@@ -155,7 +165,7 @@ class Measurer:
         own = getattr(live.model, "measure_throughput", None)  # a runtime timed by its own counters (llama.cpp)
         try:
             throughput = own(prompt, batch_size=batch, **settings) if callable(own) else measure_throughput(
-                live.model, prompt, batch_size=batch, mode=mode, fallback=fallback,
+                model, prompt, batch_size=batch, mode=mode, fallback=fallback,
                 compile_cache_dir=self._settings.compile_cache_dir, new_cache=kv_cache_factory(live),
                 compile_settings=live.compile_settings,
                 budget_s=self._settings.timing_budget_s, **settings)
@@ -170,17 +180,20 @@ class Measurer:
             self._progress(f"{live.pair.id}: decode timed in {throughput.decode_mode} mode: {throughput.fallback_reason}")
         return throughput, timing_s
 
-    def _quality(self, live: LiveModel, reference: ReferenceData | None):
+    def _quality(self, live: LiveModel, reference: ReferenceData | None, left: ReferenceData):
         """Perplexity, KL against the reference's kept predictions, and llama.cpp's statistics; the kept
-        predictions when ``live`` is the reference."""
+        predictions when ``live`` is the reference. An image-text-to-text model's: over the reference's answers to
+        the image prompts, each conditioned on its image (the answers left in ``left`` by the reference)."""
         from ..measure.quality import evaluate
 
         pair = live.pair
-        windows = self._inputs.windows(pair.model, live.tokenizer)
+        from .images import scored
+
+        windows, window_inputs, left.answers = scored(live, self._inputs, self._images, reference, self._progress)
         self._progress(f"{pair.id}: evaluating {windows.tokens_scored} tokens in {len(windows.windows)} windows")
         batch = self._inputs.batch_windows
         if pair.recipe.is_reference:
-            quality, kept, scores = evaluate(live.model, windows, batch,
+            quality, kept, scores = evaluate(live.model, windows, batch, window_inputs=window_inputs,
                                              keep_reference_top_k=self._settings.reference_top_k)
         elif pair.recipe.kv_cache is not None:  # where a quantized cache acts: decoding, token by token
             from ..measure.kv_cache import check_window, parse
@@ -193,7 +206,7 @@ class Measurer:
             quality, kept, scores = evaluate_decoding(live.model, windows, kv_cache_factory(live),
                                                       None if reference is None else reference.kept)
         else:
-            quality, kept, scores = evaluate(live.model, windows, batch,
+            quality, kept, scores = evaluate(live.model, windows, batch, window_inputs=window_inputs,
                                              reference=None if reference is None else reference.kept)
         _check_finite(pair.id, scores.logprob_target, windows.tokens_scored)
         stats = _stats(scores, pair.recipe.is_reference)
@@ -214,16 +227,22 @@ class Measurer:
         pair = live.pair
         if not pair.recipe.is_reference and reference is None:
             return None  # a pre-quantized checkpoint: no reference to agree with
-        prompts = self._inputs.prompts()
-        rendered = [render(p, live.tokenizer) for p in prompts]
-        check_context(pair.model.path, prompts, rendered, tokens)
-        self._progress(f"{pair.id}: generating {tokens} tokens greedily from {len(prompts)} prompts")
-        generated = greedy_generate(live.model, live.tokenizer, rendered, tokens, new_cache=kv_cache_factory(live))
+        if is_image_text_to_text(pair.model.path):  # the image prompts, each image in its prefill
+            from .images import answer_all
+
+            displays, generated = answer_all(live, self._images, tokens, self._progress)
+        else:
+            prompts = self._inputs.prompts()
+            rendered = [render(p, live.tokenizer) for p in prompts]
+            check_context(pair.model.path, prompts, rendered, tokens)
+            displays = [p.display for p in prompts]
+            self._progress(f"{pair.id}: generating {tokens} tokens greedily from {len(prompts)} prompts")
+            generated = greedy_generate(live.model, live.tokenizer, rendered, tokens, new_cache=kv_cache_factory(live))
         expected = generated if pair.recipe.is_reference else reference.generations.get(tokens)
         if expected is None:
             raise RuntimeError(f"pytest-quant: the reference of {pair.model.name} generated no {tokens} tokens this "
                                "session; a generation_agreement marker added after collection cannot be compared")
-        found = agreement(expected, generated, tokens, prompts=[p.display for p in prompts], tokenizer=live.tokenizer)
+        found = agreement(expected, generated, tokens, prompts=displays, tokenizer=live.tokenizer)
         self._ledger.record(pair, generations=self._ledger.own(pair).generations + (found,))
         self._progress(f"{pair.id}: {found.exact_match_percent:.1f}% of generations equal the reference's, "
                        f"{found.mean_prefix_tokens:.1f} tokens before the first divergence ({found.seconds:.1f} s)")

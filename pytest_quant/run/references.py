@@ -22,6 +22,7 @@ from typing import Callable
 
 from ..metrics import Measurements
 from ..models import ModelSource
+from ..models.vision import is_image_text_to_text
 from .inputs import Inputs
 from .ledger import Ledger
 from .live import Live, LiveModel, Placement
@@ -102,11 +103,14 @@ class References:
         data.generations.update(left.generations)
         data.tasks = left.tasks if left.tasks is not None else data.tasks
         data.layers = left.layers if left.layers is not None else data.layers
+        data.answers = left.answers if left.answers is not None else data.answers
         if left.tasks is not None and left.kept is None and pair.recipe.backend == "reference":
             self._save_extras(model, data)  # answered after its predictions were cached
         if left.kept is not None:
             data.kept = left.kept
-            if pair.recipe.backend == "reference":  # a GGUF reference is measured each session (not cached)
+            # a GGUF reference is measured each session (not cached), and so is an image-text-to-text model's: its
+            # predictions are over its own answers to the image prompts, made in the session
+            if pair.recipe.backend == "reference" and not is_image_text_to_text(model.path):
                 self._save(model)
 
     # -- the disk cache ------------------------------------------------------------------------------
@@ -155,8 +159,8 @@ class References:
             self._progress(f"{model.name}: could not cache the reference in {path}: {exc}")
 
     def _restore(self, model: ModelSource, pair: Pair) -> bool:
-        if pair.recipe.backend != "reference":
-            return False  # only the Hugging Face reference is cached on disk
+        if pair.recipe.backend != "reference" or is_image_text_to_text(model.path):
+            return False  # only the Hugging Face reference of a text model is cached on disk
         from ..measure.quality import QualityMeasurement
         from ..measure.reference import load_reference
         from ..measure.stats import QualityStats

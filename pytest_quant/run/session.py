@@ -39,7 +39,10 @@ class QuantSession:
         settings = MeasureSettings(options.decode_batch, options.sharded, options.reference_top_k,
                                    decode_mode=options.decode_mode, compile_cache_dir=cache_dir / COMPILE_SUBDIR,
                                    timing_budget_s=options.timing_budget_s)
-        self.measurer = Measurer(self.ledger, self.inputs, settings, progress)
+        from .images import ImageInputs
+
+        images = ImageInputs(getattr(options, "images", None), options.trust_remote_code)
+        self.measurer = Measurer(self.ledger, self.inputs, settings, progress, images=images)
         self.references = References(self.pairing, self.ledger, self.live, self.measurer, self.inputs,
                                      self.placement, cache_dir, options.reference_top_k, progress)
 
@@ -56,8 +59,11 @@ class QuantSession:
                 from ..measure.kv_cache import INSTALL_HINT as hint
             return f"recipe {pair.recipe.name}: {', '.join(missing)} not installed; install it with: {hint}"
         from ..backends.llama_cpp_spec import unavailable_reason
+        from ..models.vision import is_image_text_to_text
+        from .images import vision_reason
 
-        reason = unavailable_reason(pair.recipe, pair.model.path)  # a GGUF file, a folder llama.cpp cannot take
+        reason = vision_reason(pair, backend, is_image_text_to_text(pair.model.path)) or \
+            unavailable_reason(pair.recipe, pair.model.path)  # a GGUF file, a folder llama.cpp cannot take
         if reason:
             return reason
         if not runs_on(pair.recipe, self.registry, self.options.device):
