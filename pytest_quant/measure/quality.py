@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .tokens import tokenize_text
+
 
 @dataclass(frozen=True)
 class RollingWindow:
@@ -130,11 +132,6 @@ def model_max_positions(model) -> int | None:
     config = getattr(model, "config", None)
     value = getattr(config, "max_position_embeddings", None)
     return int(value) if value else None
-
-
-def tokenize_text(tokenizer, text: str) -> list[int]:
-    """The text's own tokens. No special tokens: the prefix token is the window's BOS, as in lm-eval."""
-    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def prepare(tokenizer, spec: EvalSpec, prefix_token: int | None = None, max_positions: int | None = None) -> EvalWindows:
