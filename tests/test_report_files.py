@@ -278,7 +278,8 @@ def test_under_xdist_the_controller_writes_every_row_once(xdist_session) -> None
     result, out = xdist_session.first, xdist_session.report
     result.assert_outcomes(passed=xdist_session.passed)
     assert [line for line in result.outlines if line.startswith("pytest-quant report:")] == \
-        [f"pytest-quant report: {out} (plot: {out.with_suffix('.png')})"]
+        [f"pytest-quant report: {out} (plot: {out.with_suffix('.png')})",
+         f"pytest-quant report: the per-layer SQNR plot: {out.with_name(out.stem + '-layers.png')}"]
     doc = xdist_session.report_doc
     assert sorted(r["recipe"] for r in doc["results"]) == ["bnb-int8", "bnb-nf4", "reference"]
     assert all(r["perplexity"] > 1 and r["vram_resident_bytes"] > 0 and r["result"] == "pass" for r in doc["results"])

@@ -17,6 +17,7 @@ import pytest
 
 from ..atomic import atomic_write
 from .documents import TITLE, RunInfo, html_document, json_document, markdown, markdown_table
+from .layer_plot import layer_plot_path, render_layer_plot
 from .plot import render_plot
 from .rows import Rows
 
@@ -37,21 +38,27 @@ def report_path(value: Path | None, base: Path) -> Path | None:
 
 
 def write_report(path: Path, rows: Rows, info: RunInfo) -> list[str]:
-    """Write the report (its format from the suffix) and the plot ``<stem>.png`` beside it; the terminal lines."""
+    """Write the report (its format from the suffix), the plot ``<stem>.png`` and the per-layer SQNR plot
+    ``<stem>-layers.png`` (where layers were measured) beside it; the terminal lines."""
     kind = path.suffix.lower()
     plot = render_plot(rows, path.with_suffix(".png"), svg=kind == ".html")
     plot_name = plot.png.name if plot.png else None
+    layers = render_layer_plot(rows, layer_plot_path(path))
     if kind == ".md":
         text = markdown(rows, info, plot_name, plot.note)
+        text += f"\n![SQNR per layer]({layers.name})\n" if layers else ""
     elif kind == ".json":
-        text = json.dumps(json_document(rows, info, plot_name), indent=2, ensure_ascii=False, default=str) + "\n"
+        document = json_document(rows, info, plot_name)
+        document["layer_plot"] = layers.name if layers else None
+        text = json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n"
     elif kind == ".html":
         text = html_document(rows, info, plot.svg, plot.note)
     else:
         raise ValueError(f"{path}: unsupported suffix; accepted: {', '.join(SUFFIXES)}")
     atomic_write(path, text)
     lines = [f"pytest-quant report: {plot.note}"] if plot.note else []
-    return lines + [f"pytest-quant report: {path}" + (f" (plot: {plot.png})" if plot.png else "")]
+    lines.append(f"pytest-quant report: {path}" + (f" (plot: {plot.png})" if plot.png else ""))
+    return lines + ([f"pytest-quant report: the per-layer SQNR plot: {layers}"] if layers else [])
 
 
 def append_step_summary(rows: Rows, info: RunInfo, environ: Mapping[str, str] = os.environ) -> Path | None:
@@ -70,7 +77,7 @@ def append_step_summary(rows: Rows, info: RunInfo, environ: Mapping[str, str] = 
 def remove_stale(path: Path) -> list[str]:
     """Remove a previous run's report and its plot beside it; what could not be removed, as text."""
     left = []
-    for stale in (path, path.with_suffix(".png")):
+    for stale in (path, path.with_suffix(".png"), layer_plot_path(path)):
         try:
             stale.unlink(missing_ok=True)
         except OSError as exc:
