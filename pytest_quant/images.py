@@ -188,29 +188,6 @@ def render(prompt: ImagePrompt, processor) -> str:
     return f"{token}\n{prompt.text}"
 
 
-def images_problem(path: Path, models) -> str | None:
-    """Why ``--quant-images`` cannot serve these models (None: it can): no model takes images, or a chat prompt for
-    a model without a chat template."""
-    from .models import has_chat_template
-    from .models.vision import is_image_text_to_text
-
-    vision = [m for m in models if is_image_text_to_text(m.path)]
-    if not vision:
-        names = ", ".join(m.name for m in models)
-        return (f"--quant-images {path}: none of the models takes images ({names}: no vision_config in config.json); "
-                "give an image-text-to-text model folder as --quant-model, or drop --quant-images")
-    try:
-        prompts = read_images(path)
-    except ValueError as exc:
-        return f"--quant-images {path}: {exc}"
-    chat = next((p for p in prompts if p.messages_json is not None), None)
-    for model in vision:
-        if chat is not None and not has_chat_template(model.path):
-            return (f"--quant-images {chat.source}: a chat prompt, and {model.name} has no chat template to render it "
-                    "(chat_template.jinja or tokenizer_config.json's chat_template); give it as {\"image\", \"prompt\"}")
-    return None
-
-
 def parse_images(value: str) -> Path:
     """``--quant-images``: a folder of images or a JSONL file of image prompts, every line and image checked now (a
     bad one is named as file:line), before any model loads."""

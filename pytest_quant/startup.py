@@ -36,6 +36,12 @@ def check_start(config: pytest.Config, options) -> None:
     if options.prompts is not None:
         check_prompts(Path(options.prompts), options.models)
     if getattr(options, "images", None) is not None:
+        from .models.vision import images_problem
+
+        problem = images_problem(Path(options.images), options.models)
+        if problem:
+            raise pytest.UsageError(problem)
+    if getattr(options, "images", None) is not None:
         from .images import images_problem
 
         problem = images_problem(Path(options.images), options.models)

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_quant.images import (DEFAULT_QUESTION, DRAWINGS, default_images, draw, images_problem, open_image,
-                                 read_images, render)
+from pytest_quant.images import DEFAULT_QUESTION, DRAWINGS, default_images, draw, open_image, read_images, render
 from pytest_quant.models import ModelSource
 
 
@@ -95,6 +94,7 @@ def test_render_uses_the_chat_template_else_the_image_token() -> None:
 def test_images_for_text_models_only_is_a_problem(tmp_path: Path) -> None:
     _png(tmp_path / "a.png")
     from pytest_quant.models import TINY_DIR
+    from pytest_quant.models.vision import images_problem
 
     problem = images_problem(tmp_path, [ModelSource("tiny", TINY_DIR)])
     assert "none of the models takes images (tiny: no vision_config" in problem

@@ -23,16 +23,28 @@ def language_part(model) -> list:
 
 
 def language_part_bytes(model) -> int | None:
-    """Bytes the language part's parameters and buffers store, each storage once (``backends.base``), quantized
-    weights at their packed size; None without a language part of its own (a text model)."""
+    """Bytes the language part's parameters and buffers store, each storage once, quantized weights at their packed
+    size (a tensor subclass by the plain tensors inside it); None without a language part of its own (a text model)."""
     import torch
 
-    from ..backends.base import memory_footprint
-
-    if not isinstance(model, torch.nn.Module):
+    if not isinstance(model, torch.nn.Module) or not language_part(model):
         return None
-    parts = language_part(model)
-    return memory_footprint(torch.nn.ModuleList(parts)) if parts else None
+    seen: set[int] = set()
+
+    def stored(tensor) -> int:
+        if type(tensor) not in (torch.Tensor, torch.nn.Parameter) and hasattr(type(tensor), "__tensor_flatten__"):
+            return sum(stored(getattr(tensor, name)) for name in tensor.__tensor_flatten__()[0])
+        data = tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor
+        if type(data) is not torch.Tensor:
+            return stored(data)
+        key = data.untyped_storage().data_ptr() or id(data)
+        if key in seen:
+            return 0
+        seen.add(key)
+        return data.numel() * data.element_size()
+
+    parts = torch.nn.ModuleList(language_part(model))
+    return sum(stored(t) for t in list(parts.parameters()) + list(parts.buffers()))
 
 
 class ImagePrefill:

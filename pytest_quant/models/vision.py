@@ -46,3 +46,26 @@ def architecture(config: dict) -> str:
     if isinstance(names, list) and names and isinstance(names[0], str):
         return names[0]
     return str(config.get("model_type") or "unknown")
+
+
+def images_problem(path: Path, models) -> str | None:
+    """Why ``--quant-images`` cannot serve these models (None: it can): no model takes images, or a chat prompt for
+    a model without a chat template."""
+    from ..images import read_images
+    from . import has_chat_template
+
+    vision = [m for m in models if is_image_text_to_text(m.path)]
+    if not vision:
+        names = ", ".join(m.name for m in models)
+        return (f"--quant-images {path}: none of the models takes images ({names}: no vision_config in config.json); "
+                "give an image-text-to-text model folder as --quant-model, or drop --quant-images")
+    try:
+        prompts = read_images(path)
+    except ValueError as exc:
+        return f"--quant-images {path}: {exc}"
+    chat = next((p for p in prompts if p.messages_json is not None), None)
+    for model in vision:
+        if chat is not None and not has_chat_template(model.path):
+            return (f"--quant-images {chat.source}: a chat prompt, and {model.name} has no chat template to render it "
+                    "(chat_template.jinja or tokenizer_config.json's chat_template); give it as {\"image\", \"prompt\"}")
+    return None
