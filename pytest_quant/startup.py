@@ -41,12 +41,6 @@ def check_start(config: pytest.Config, options) -> None:
         problem = images_problem(Path(options.images), options.models)
         if problem:
             raise pytest.UsageError(problem)
-    if getattr(options, "images", None) is not None:
-        from .images import images_problem
-
-        problem = images_problem(Path(options.images), options.models)
-        if problem:
-            raise pytest.UsageError(problem)
     if hasattr(options.tasks, "with_include"):
         check_lm_eval_tasks(options.tasks)
     check_decode_batch(options)
