@@ -13,7 +13,13 @@
 
     .venv/bin/python benchmarks/bench_tasks.py figures --recipes bnb-nf4,bnb-int8   # plus broken-middle
     .venv/bin/python benchmarks/bench_tasks.py figures --device cuda --recipes ...  # on a GPU (--quant-gpu)
+3. ``bounds``: the decision's statistics (``measure.paired``: the drop's one-sided bound, exact below 50 discordant
+   items and from the paired SE above, McNemar's exact p, the Clopper-Pearson bound, the Wilson bound of
+   ``min_accuracy``) against scipy.stats (``beta.ppf``, ``binomtest``, ``norm.ppf``) and numpy's standard deviation
+   of the per-item differences, over a grid of paired outcomes; they must agree to 4 significant digits.
+
     .venv/bin/python benchmarks/bench_tasks.py truth
+    .venv/bin/python benchmarks/bench_tasks.py bounds
 """
 
 from __future__ import annotations
@@ -201,15 +207,68 @@ def truth(args) -> None:
     sys.exit(1 if bad else 0)
 
 
+# (items, reference right, lost, gained): the embedded cloze task's broken-all (45 lost, 17 gained of 400), few
+# flips, none, many at 1,000 items, and the exact/normal boundary (49 and 50 discordant)
+GRID = ((400, 254, 45, 17), (400, 254, 2, 2), (400, 254, 3, 0), (400, 254, 0, 0), (1000, 700, 30, 19),
+        (200, 120, 8, 2), (100, 60, 1, 1), (400, 254, 30, 19), (400, 254, 30, 20))
+CONFIDENCES = (0.9, 0.95, 0.99)
+
+
+def bounds(args) -> None:
+    import numpy as np
+    from scipy import stats as sp
+
+    sys.path.insert(0, str(REPO))
+    from pytest_quant.measure.paired import (EXACT_BELOW_DISCORDANT, PairedAccuracy, clopper_pearson_upper,
+                                             drop_upper_bound, mcnemar_exact_p)
+    from pytest_quant.measure.stats import wilson_lower_bound
+
+    def cp_upper(k: int, n: int, c: float) -> float:
+        return 1.0 if k == n else float(sp.beta.ppf(c, k + 1, n - k))
+
+    bad = checked = 0
+    for n, ref_right, lost, gained in GRID:
+        correct = ref_right - lost + gained
+        paired = PairedAccuracy(n, correct, ref_right, lost, gained)
+        diffs = np.array([-1] * lost + [1] * gained + [0] * (n - lost - gained), dtype=np.float64)
+        se = float(diffs.std(ddof=0) / math.sqrt(n - 1))
+        m = lost + gained
+        pairs = [("paired SE", paired.difference_se, se),
+                 ("McNemar p", mcnemar_exact_p(lost, gained),
+                  float(sp.binomtest(min(lost, gained), m, 0.5).pvalue) if m else 1.0)]
+        for c in CONFIDENCES:
+            drop = -float(diffs.mean())
+            if m >= EXACT_BELOW_DISCORDANT:
+                theirs = drop + float(sp.norm.ppf(c)) * se
+            else:
+                each = 1 - (1 - c) / 2
+                pi = cp_upper(lost, m, each) if m else 1.0
+                share = cp_upper(m, n, each) if pi > 0.5 else 1 - cp_upper(n - m, n, each)
+                theirs = share * (2 * pi - 1)
+            wilson = sp.binomtest(correct, n).proportion_ci(confidence_level=2 * c - 1, method="wilson").low
+            pairs += [(f"drop bound @{c:g}", drop_upper_bound(paired, c).bound, theirs),
+                      (f"Clopper-Pearson(lost of m) @{c:g}", clopper_pearson_upper(lost, m, c) if m else 1.0,
+                       cp_upper(lost, m, c) if m else 1.0),
+                      (f"Wilson lower @{c:g}", wilson_lower_bound(correct, n, c), float(wilson))]
+        for name, mine, scipy_value in pairs:
+            agree = _close(mine, scipy_value) or abs(mine - scipy_value) < 1e-12
+            bad += not agree
+            checked += 1
+            print(f"n={n:5} lost={lost:3} gained={gained:3} {name:34} plugin {mine:>14.8g}   scipy {scipy_value:>14.8g}"
+                  f"   {'ok' if agree else 'DIFFERS'}")
+    print(f"{checked - bad} of {checked} agree to 4 significant digits")
+    sys.exit(1 if bad else 0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("figures", "truth"))
+    parser.add_argument("mode", choices=("figures", "truth", "bounds"))
     parser.add_argument("--recipes", default="bnb-nf4,bnb-nf4-dq,bnb-fp4,bnb-int8")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--eval-tokens", type=int, default=8192)
     parser.add_argument("--cache-dir", default=str(REPO / ".quant-cache" / "bench-tasks"))
     args = parser.parse_args()
-    figures(args) if args.mode == "figures" else truth(args)
+    {"figures": figures, "truth": truth, "bounds": bounds}[args.mode](args)
 
 
 if __name__ == "__main__":
