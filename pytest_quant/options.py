@@ -170,9 +170,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--quant-report", "write the summary to PATH: .md, .json or .html, with a plot beside it", Path),
     Option("--quant-prompts", "prompts for generation_agreement: a text file, one prompt a line, or .jsonl with "
            '"prompt" or chat "messages" (default: openings of the embedded held-out text)', parse_prompts_file),
-    Option("--quant-images", "image prompts for image-text-to-text models: a folder of images (each asked \"What is in "
-           'this picture?\") or .jsonl with "image" and "prompt", or chat "messages" with one image part (default: '
-           "images drawn by the plugin)", parse_images),
+    Option("--quant-images", 'image prompts for image-text-to-text models: a folder of images, or .jsonl with "image" and '
+           '"prompt", or chat "messages" with one image part (default: images drawn by the plugin)', parse_images),
     Option("--quant-tasks", 'items for task_accuracy: a .jsonl file, one item a line: multiple choice ("question", '
            '"choices", "answer") or short answer ("question", "answer") (default: the embedded cloze task, written '
            "from the held-out text); or lm-eval:<task.yaml or task name>[,...]: lm-eval multiple-choice tasks with local "
