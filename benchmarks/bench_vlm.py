@@ -11,7 +11,7 @@ Random weights: KL, perplexity and the answers' text say nothing of a real model
 (whole model and language part), the decode speed with the image in the prefill and the time of the answers are real.
 
     .venv/bin/python benchmarks/bench_vlm.py                      # CPU, the tiny shape
-    python3 benchmarks/bench_vlm.py --gpu --shape user            # the H200: SigLIP-so400m-like + 1.3B Llama
+    python3 benchmarks/bench_vlm.py --gpu --shape user --limit 520   # the H200: SigLIP-so400m-like + 1.3B Llama
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -65,7 +66,7 @@ def write_images(folder: Path) -> Path:
     return folder / "images.jsonl"
 
 
-def run(shape: str, gpu: bool) -> dict:
+def run(shape: str, gpu: bool, limit_s: float | None = None) -> dict:
     from pytest_quant.models.build_vlm import build_vlm
 
     work = Path(tempfile.mkdtemp(prefix="bench-vlm-"))
@@ -80,14 +81,20 @@ def run(shape: str, gpu: bool) -> dict:
                f"--quant-model={model}", f"--quant-recipes={RECIPE_NAMES}", f"--quant-images={images}",
                f"--quant-report={report}", f"--quant-cache-dir={work / 'cache'}"] + (["--quant-gpu"] if gpu else [])
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=work, capture_output=True, text=True, env=dict(os.environ))
+    log = open(work / "pytest.log", "w+")
+    child = subprocess.Popen(command, cwd=work, stdout=log, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    try:
+        code = child.wait(timeout=None if limit_s is None else max(1.0, limit_s - built_s))
+    except subprocess.TimeoutExpired:  # pytest stops at SIGINT with its summary and report: what was measured
+        child.send_signal(signal.SIGINT)
+        code = child.wait()
     wall_s = time.perf_counter() - start
-    print(done.stdout[-6000:], file=sys.stderr)
+    log.seek(0)
+    print(log.read()[-8000:], file=sys.stderr)
     if not report.is_file():
-        print(done.stderr[-4000:], file=sys.stderr)
-        raise SystemExit(f"no report: pytest exited {done.returncode}")
+        raise SystemExit(f"no report: pytest exited {code}")
     rows = {r["recipe"]: r for r in json.loads(report.read_text())["results"]}
-    return {"rows": rows, "exit": done.returncode, "built_s": built_s, "wall_s": wall_s, "shape": shape}
+    return {"rows": rows, "exit": code, "built_s": built_s, "wall_s": wall_s, "shape": shape}
 
 
 def mib(value) -> str:
@@ -102,12 +109,13 @@ def print_markdown(found: dict) -> None:
     rows = found["rows"]
     print(f"shape {found['shape']}: model built in {found['built_s']:.1f} s; pytest {found['wall_s']:.1f} s, "
           f"exit {found['exit']}\n")
-    print("| recipe | whole model | language part | decode tok/s (image in prefill) | prefill tok/s | "
+    print("| recipe | whole model | language part | NVML process | decode tok/s (image in prefill) | prefill tok/s | "
           f"{N_ANSWERS} answers (s) | tokens generated | mean KL (nats) | top-1 % | answers equal % | result |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for name in RECIPE_NAMES.split(","):
         r = rows.get(name, {})
         print(f"| {name} | {mib(r.get('vram_resident_bytes'))} | {mib(r.get('vram_language_bytes'))} | "
+              f"{mib(r.get('nvml_process_bytes'))} | "
               f"{fmt(r.get('decode_tokens_per_s'), '.1f')} | {fmt(r.get('prefill_tokens_per_s'), '.1f')} | "
               f"{fmt(r.get('generation_s'), '.2f')} | {r.get('generation_tokens', '-')} | "
               f"{fmt(r.get('mean_kl_nats'), '.6f')} | {fmt(r.get('top1_agreement_percent'), '.2f')} | "
@@ -130,8 +138,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="tiny", choices=("tiny", "user"))
     parser.add_argument("--gpu", action="store_true", help="run with --quant-gpu")
+    parser.add_argument("--limit", type=float, default=None,
+                        help="seconds for the whole run: pytest is interrupted (SIGINT) then, keeping its report")
     args = parser.parse_args()
-    print_markdown(run(args.shape, args.gpu))
+    print_markdown(run(args.shape, args.gpu, args.limit))
 
 
 if __name__ == "__main__":
