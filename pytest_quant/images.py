@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .jsonl import json_object
+
 DEFAULT_QUESTION = "What is in this picture?"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 DRAWN = "drawn:"  # an embedded image, drawn by ``draw``: no file ships with the package
@@ -116,12 +118,7 @@ def _read_jsonl(path: Path) -> tuple[ImagePrompt, ...]:
 
 
 def _json_prompt(line: str, source: str, folder: Path) -> ImagePrompt:
-    try:
-        item = json.loads(line)
-    except ValueError as error:
-        raise ValueError(f"{source}: not valid JSON ({error.msg}); {JSONL_HELP}") from None
-    if not isinstance(item, dict):
-        raise ValueError(f"{source}: found {type(item).__name__}, not an object; {JSONL_HELP}")
+    item = json_object(line, source, JSONL_HELP)
     if "messages" in item:
         return _chat_prompt(item["messages"], source, folder)
     image, prompt = item.get("image"), item.get("prompt")

@@ -10,10 +10,11 @@ prompt a line. Blank lines are ignored in both.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from .jsonl import json_object
 
 DEFAULT_PROMPTS = 8
 OPENING_WORDS = 12  # a default prompt is the first this many words of a paragraph
@@ -82,12 +83,7 @@ def read_prompts(path) -> tuple[Prompt, ...]:
 
 
 def _json_prompt(line: str, source: str) -> Prompt:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"prompts file {source}: not valid JSON ({error.msg}); {JSONL_HELP}") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"prompts file {source}: a JSON {type(record).__name__}, not an object; {JSONL_HELP}")
+    record = json_object(line, f"prompts file {source}", JSONL_HELP)
     if ("prompt" in record) == ("messages" in record):
         which = "both" if "prompt" in record else "neither"
         raise ValueError(f'prompts file {source}: has {which} of "prompt" and "messages"; {JSONL_HELP}')

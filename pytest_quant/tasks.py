@@ -14,6 +14,7 @@ import json
 import random
 from pathlib import Path
 
+from .jsonl import json_object
 from .measure.tasks import TaskItem
 
 KEYS = frozenset({"question", "choices", "answer", "id"})
@@ -54,20 +55,10 @@ def read_tasks(path) -> tuple[TaskItem, ...]:
     items = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
-            items.append(_item(json_line(path, number, line), f"{path}:{number}"))
+            items.append(_item(json_object(line, f"{path}:{number}", HELP), f"{path}:{number}"))
     if not items:
         raise ValueError(f"{path}: no task items; {HELP}")
     return tuple(items)
-
-
-def json_line(path: Path, number: int, line: str) -> dict:
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}:{number}: not JSON ({exc.msg}); {HELP}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}:{number}: a JSON {type(value).__name__}, not an object; {HELP}")
-    return value
 
 
 def _text(value) -> bool:

@@ -25,7 +25,7 @@ def test_multiple_choice_and_short_answer_lines_are_read(tmp_path):
 
 
 @pytest.mark.parametrize("line, says", [
-    ("not json", "not JSON"),
+    ("not json", "not valid JSON"),
     ("[1, 2]", "a JSON list, not an object"),
     ('{"question": "", "answer": "x"}', '"question" must be a non-empty string'),
     ('{"question": "q", "answer": ""}', "a short answer must be a non-empty string"),

@@ -22,6 +22,7 @@ from .. import calibration as calib
 from .. import qcache
 from ..hardware import device_kind, library_versions
 from . import Loaded, LoadRequest
+from .base import cached_quantization
 from .common import default_dtype, load_tokenizer, quantized_linear_classes
 
 REQUIRES: tuple[str, ...] = ("auto_round",)
@@ -124,14 +125,7 @@ def load(request: LoadRequest) -> Loaded:
     else:
         root = Path(request.cache_dir) / CACHE_SUBDIR
         inputs["model"] = qcache.model_fingerprint(request.model_path, root)
-        key = qcache.cache_key(inputs)
-        built = qcache.build(root, key, inputs, make)
-        saved, cache = built.path, built.status
-        if built.status == "hit":
-            notes["quantize_seconds_when_cached"] = built.info.get("quantize_seconds")
-        else:
-            seconds = built.info["quantize_seconds"]
-        notes["cache_key"] = key
+        saved, seconds, cache = cached_quantization(root, inputs, make, notes)
     notes["checkpoint"] = str(saved)
     request.before_load()
     try:

@@ -1,6 +1,7 @@
 """What backends that quantize a model in place share: naming the kernel that ran, and the bytes really stored
-(tensor subclasses and packed weights that ``get_memory_footprint`` miscounts); and cutting the frames a
-library's stored import error keeps alive.
+(tensor subclasses and packed weights that ``get_memory_footprint`` miscounts); cutting the frames a
+library's stored import error keeps alive; the cached build of a quantized folder (GPTQModel's, AutoRound's); and the
+shell of a runtime that is no torch module (ONNX Runtime's session, llama.cpp's context) shaped like a causal LM.
 
 torchao swaps ``nn.Linear`` weights for tensor subclasses that report the float dtype, ``quantize_dynamic``
 moves int8 weights into packed params: both are counted here as stored. Light: torch is imported inside.
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 
 def kernel_name(model) -> str:
@@ -98,3 +101,55 @@ def drop_import_tracebacks(*packages: str) -> int:
                     cleared += 1
                 value, seen = value.__cause__ or value.__context__, seen + 1
     return cleared
+
+
+def cached_quantization(root: Path, inputs: dict[str, Any], make: Callable[[Path], Mapping[str, Any]],
+                        notes: dict[str, Any]) -> tuple[Path, float, str]:
+    """The quantized folder of ``inputs`` in the cache under ``root`` (``qcache``): built by ``make(staged)``, which
+    quantizes into ``staged`` and returns ``quantize_seconds`` and any other figure of the build, on a miss; found
+    on a hit. Returns the folder, the seconds quantizing took in this call (0 on a hit) and the cache's status;
+    ``notes`` get the key, the build's other figures (or, on a hit, the seconds it took when cached) and a stale
+    entry's problem."""
+    from .. import qcache
+
+    key = qcache.cache_key(inputs)
+    built = qcache.build(root, key, inputs, make)
+    seconds = 0.0
+    if built.status == "hit":
+        notes["quantize_seconds_when_cached"] = built.info.get("quantize_seconds")
+    else:
+        seconds = built.info["quantize_seconds"]
+        notes.update({name: value for name, value in built.info.items() if name != "quantize_seconds"})
+    if built.problem:
+        notes["cache_problem"] = built.problem
+    notes["cache_key"] = key
+    return built.path, seconds, built.status
+
+
+class CausalLMOutput:
+    """What a runtime's call returns, as a transformers causal LM's output: ``.logits``, ``.past_key_values``."""
+
+    def __init__(self, logits, past_key_values=None):
+        self.logits, self.past_key_values = logits, past_key_values
+
+
+class RuntimeCausalLM:
+    """A runtime that is no torch module, called the way the plugin calls a transformers causal LM: on CPU in
+    float32, ``eval()`` is itself and ``parameters()`` one empty CPU tensor (where the plugin asks a model for its
+    device); a subclass writes ``forward`` (a call is a forward) and ``get_memory_footprint``."""
+
+    def __init__(self):
+        import torch
+
+        self.device = torch.device("cpu")  # logits come back as CPU tensors whatever the runtime ran on
+        self.dtype = torch.float32
+        self._dummy = torch.empty(0)
+
+    def eval(self):
+        return self
+
+    def parameters(self):
+        yield self._dummy
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)

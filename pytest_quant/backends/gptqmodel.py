@@ -30,7 +30,7 @@ from .. import calibration as calib
 from .. import qcache
 from ..hardware import device_kind, library_versions
 from . import Loaded, LoadRequest
-from .base import drop_import_tracebacks
+from .base import cached_quantization, drop_import_tracebacks
 from .checkpoint import load_checkpoint
 from .common import default_dtype, load_tokenizer, quantized_linear_classes
 from .gptqmodel_spec import QuantSpec, import_gptqmodel, prepare_environment, spec_from_recipe
@@ -126,23 +126,13 @@ def load(request: LoadRequest) -> Loaded:
     else:
         root = Path(request.cache_dir) / CACHE_SUBDIR
         inputs = cache_inputs(request.model_path, spec, calibration, request.device, memo_dir=root)
-        key = qcache.cache_key(inputs)
 
         def make(staged: Path) -> dict[str, Any]:
             child = quantize_in_child(request.model_path, spec, calibration, request.device, staged,
                                       request.recipe.name, request.trust_remote_code)
             return {"quantize_seconds": child["seconds"], "quantize_child": child["determinism"]}
 
-        built = qcache.build(root, key, inputs, make)
-        saved, cache = built.path, built.status
-        if built.status == "hit":
-            notes["quantize_seconds_when_cached"] = built.info.get("quantize_seconds")
-        else:
-            seconds = built.info["quantize_seconds"]
-            notes["quantize_child"] = built.info["quantize_child"]
-        if built.problem:
-            notes["cache_problem"] = built.problem
-        notes["cache_key"] = key
+        saved, seconds, cache = cached_quantization(root, inputs, make, notes)
     notes["checkpoint"] = str(saved)
     # The source model's dtype, as the reference runs in, whatever GPTQModel quantized in.
     dtype = default_dtype(request.model_path, request.device)

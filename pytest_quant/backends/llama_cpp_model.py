@@ -16,6 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from .base import CausalLMOutput, RuntimeCausalLM
 from .llama_cpp_spec import decode_mode
 
 BUFFER_LINE = re.compile(r"(\S+?)\s+(model|KV|compute|output|RS) buffer size\s*=\s*([0-9.]+) MiB")
@@ -58,18 +59,13 @@ class LlamaCppCache:
         return len(self.tokens)
 
 
-class LlamaCppOutput:
-    def __init__(self, logits, past_key_values=None):
-        self.logits, self.past_key_values = logits, past_key_values
-
-
-class LlamaCppCausalLM:
+class LlamaCppCausalLM(RuntimeCausalLM):
     def __init__(self, gguf_file: Path, threads: int, n_gpu_layers: int = 0):
-        import torch
         from llama_cpp import Llama
 
         from ..models.gguf_header import read_header
 
+        super().__init__()
         self.path = Path(gguf_file)
         header = read_header(self.path)
         self.threads = threads
@@ -85,17 +81,8 @@ class LlamaCppCausalLM:
         self.config = _Config(n_ctx, self.llm.n_vocab(), header.architecture)
         self.generation_config = _Config(n_ctx, self.llm.n_vocab(), header.architecture)
         self.generation_config.eos_token_id = self.tokenizer.eos_token_id
-        self.device = torch.device("cpu")  # logits come back as CPU tensors whatever llama.cpp ran on
-        self.dtype = torch.float32
-        self._dummy = torch.empty(0)
 
     # -- what the plugin calls on a transformers model ---------------------------------------------
-    def eval(self):
-        return self
-
-    def parameters(self):
-        yield self._dummy
-
     def get_memory_footprint(self, return_buffers: bool = True) -> int:
         return self.path.stat().st_size
 
@@ -109,12 +96,10 @@ class LlamaCppCausalLM:
                 raise ValueError(f"llama_cpp: a KV-cached call takes one sequence, got {len(rows)}")
             tokens = (past_key_values.tokens if past_key_values is not None else []) + list(rows[0])
             logits = self._extend(tokens, len(rows[0]))
-            return LlamaCppOutput(torch.from_numpy(logits[None]), LlamaCppCache(tokens))
+            return CausalLMOutput(torch.from_numpy(logits[None]), LlamaCppCache(tokens))
         keep = logits_to_keep or len(rows[0])
         out = np.stack([self._evaluate(row)[-keep:] for row in rows])
-        return LlamaCppOutput(torch.from_numpy(out))
-
-    __call__ = forward
+        return CausalLMOutput(torch.from_numpy(out))
 
     def _evaluate(self, tokens: list[int]):
         """Logits [len(tokens), vocab] of ``tokens`` from an empty KV cache."""

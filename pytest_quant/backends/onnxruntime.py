@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import Loaded, load_tokenizer
+from .base import CausalLMOutput, RuntimeCausalLM
 
 REQUIRES: tuple[str, ...] = ("onnxruntime", "onnx", "onnxscript")
 INSTALL_HINT = "pip install 'pytest-quant[onnx]'"
@@ -199,12 +200,7 @@ class OrtCache:
         return int(self.arrays[0].shape[2]) if self.arrays else 0
 
 
-class OrtOutput:
-    def __init__(self, logits, past_key_values=None):
-        self.logits, self.past_key_values = logits, past_key_values
-
-
-class OrtCausalLM:
+class OrtCausalLM(RuntimeCausalLM):
     """An ``InferenceSession`` called the way the plugin calls a transformers causal LM.
 
     ``model(input_ids=..., use_cache=False, logits_to_keep=n).logits`` and ``model(ids,
@@ -215,17 +211,15 @@ class OrtCausalLM:
 
     def __init__(self, folder: Path, model_path: Path, intra_op_threads: int = 0, trust_remote_code: bool = False):
         import onnxruntime as ort
-        import torch
         from transformers import AutoConfig, GenerationConfig
 
+        super().__init__()
         self.folder = Path(folder)
         self.config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         try:  # read for its eos_token_id by the greedy generation measurement
             self.generation_config = GenerationConfig.from_pretrained(model_path)  # JSON only: runs no code
         except OSError:
             self.generation_config = GenerationConfig.from_model_config(self.config)
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         rss_before = _rss_bytes()
@@ -236,13 +230,6 @@ class OrtCausalLM:
         first = next(i for i in self.session.get_inputs() if i.name.startswith("past_"))
         self.heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
         self.quantized_ops = _quantized_op_types(self.folder / MODEL_FILE)
-        self._dummy = torch.empty(0)
-
-    def eval(self):
-        return self
-
-    def parameters(self):
-        yield self._dummy
 
     def get_memory_footprint(self, return_buffers: bool = True) -> int:
         return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file() and not p.name.endswith(".json"))
@@ -270,9 +257,7 @@ class OrtCausalLM:
         logits = outputs[0]
         if logits_to_keep:
             logits = logits[:, -logits_to_keep:]
-        return OrtOutput(torch.from_numpy(np.ascontiguousarray(logits)), OrtCache(outputs[1:]) if use_cache else None)
-
-    __call__ = forward
+        return CausalLMOutput(torch.from_numpy(np.ascontiguousarray(logits)), OrtCache(outputs[1:]) if use_cache else None)
 
 
 def _quantized_op_types(path: Path) -> list[str]:

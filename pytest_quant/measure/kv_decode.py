@@ -12,7 +12,6 @@ position for the whole batch.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Callable
 
@@ -25,17 +24,11 @@ def evaluate_decoding(model, windows, new_cache: Callable[[], Any], reference=No
     made by ``new_cache`` (one per batch of windows), against ``reference`` (a ``CompactReference``) when given."""
     import torch
 
-    from .quality import QualityMeasurement, TokenScores, _batches, _model_device
-    from .reference import kl_nats
-    from .stats import percentile
+    from .quality import _batches, _model_device
+    from .scoring import WindowScorer
 
-    if reference is not None and reference.tokens_scored != windows.tokens_scored:
-        raise ValueError(f"the reference has {reference.tokens_scored} scored tokens but the windows score "
-                         f"{windows.tokens_scored}; compute the reference on the same EvalWindows")
     device = _model_device(model)
-    nll_sum = 0.0
-    target_parts, kl_parts, match_parts = [], [], []
-    offset = 0
+    scorer = WindowScorer(windows, reference, device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -53,36 +46,9 @@ def evaluate_decoding(model, windows, new_cache: Callable[[], Any], reference=No
             logits = torch.stack(steps, dim=1)
             del cache, steps, out
             for row, window in enumerate(batch):
-                n = window.n_scored
-                logprobs = logits[row, -n:].log_softmax(dim=-1)
-                targets = torch.tensor(window.target_ids, dtype=torch.long, device=device)
-                target_logprobs = logprobs.gather(1, targets[:, None])[:, 0]
-                nll_sum -= float(target_logprobs.sum(dtype=torch.float64))
-                target_parts.append(target_logprobs)
-                if reference is not None:
-                    kl_parts.append(kl_nats(reference, offset, logprobs))
-                    match_parts.append(reference.argmax[offset:offset + n].to(device) == logprobs.argmax(dim=-1))
-                offset += n
+                scorer.add(logits[row, -window.n_scored:].log_softmax(dim=-1), window)
             del logits
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    nll = nll_sum / windows.tokens_scored
-    scores = TokenScores(
-        logprob_target=torch.cat(target_parts).double().cpu(),
-        reference_logprob_target=None if reference is None else reference.logprob_target.double(),
-        kl_nats=None if reference is None else torch.cat(kl_parts).cpu(),
-        top1_match=None if reference is None else torch.cat(match_parts).cpu(),
-    )
-    mean_kl = p99_kl = top1 = None
-    if reference is not None:
-        mean_kl = float(scores.kl_nats.mean())
-        p99_kl = percentile(scores.kl_nats.numpy(), 99.0)
-        top1 = 100.0 * int(scores.top1_match.sum()) / windows.tokens_scored
-    measurement = QualityMeasurement(
-        perplexity=math.exp(nll), nll_nats_per_token=nll, tokens_scored=windows.tokens_scored,
-        windows=len(windows.windows), context_tokens=windows.context_tokens, stride_tokens=windows.stride_tokens,
-        mean_kl_nats=mean_kl, p99_kl_nats=p99_kl, top1_agreement_percent=top1, seconds=seconds,
-        eval_batch_windows=batch_windows, reference_top_k=None if reference is None else reference.top_k,
-    )
+    measurement, scores = scorer.finish(start, batch_windows)
     return measurement, None, scores

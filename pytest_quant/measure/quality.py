@@ -11,12 +11,12 @@ back as ``TokenScores`` for finer statistics (``measure.stats``).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .scoring import QualityMeasurement, TokenScores, WindowScorer  # noqa: F401 - their home
 from .tokens import tokenize_text
 
 
@@ -100,26 +100,6 @@ class EvalWindows:
     text_path: str
 
 
-@dataclass(frozen=True)
-class QualityMeasurement:
-    perplexity: float
-    nll_nats_per_token: float
-    tokens_scored: int
-    windows: int
-    context_tokens: int
-    stride_tokens: int
-    mean_kl_nats: float | None  # KL(P_reference || P_model) per scored token; None without a reference
-    p99_kl_nats: float | None
-    top1_agreement_percent: float | None
-    seconds: float
-    eval_batch_windows: int = 8  # windows per forward pass
-    reference_top_k: int | None = None  # k of the kept reference the KL came from; None: exact (or no reference)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens_scored / self.seconds if self.seconds > 0 else math.inf
-
-
 def default_prefix_token(tokenizer) -> int:
     """BOS, else EOS: HFLM.prefix_token_id's choice in lm-evaluation-harness."""
     for token in (tokenizer.bos_token_id, tokenizer.eos_token_id):
@@ -183,17 +163,6 @@ def _accepts_logits_to_keep(model) -> bool:
         return False
 
 
-@dataclass(frozen=True, eq=False)
-class TokenScores:
-    """Per scored token, in scoring order: CPU tensors (float64, bool) for statistics such as llama.cpp's
-    (``measure.stats.quality_stats``). The reference's arrays are None when no reference was given."""
-
-    logprob_target: Any  # float64 [tokens]: log p(target) under the evaluated model
-    reference_logprob_target: Any  # float64 [tokens]: log p(target) under the reference
-    kl_nats: Any  # float64 [tokens]: KL(P_reference || P_model), from the reference's kept (top-k) form
-    top1_match: Any  # bool [tokens]: the model's argmax equals the reference's
-
-
 def evaluate(
     model,
     windows: EvalWindows,
@@ -215,23 +184,16 @@ def evaluate(
     """
     import torch
 
-    from .reference import ReferenceBuilder, kl_nats, parse_top_k
-    from .stats import percentile
+    from .reference import ReferenceBuilder, parse_top_k
 
     if batch_windows < 1:
         raise ValueError(f"batch_windows must be >= 1, got {batch_windows}")
-    if reference is not None and reference.tokens_scored != windows.tokens_scored:
-        raise ValueError(
-            f"the reference has {reference.tokens_scored} scored tokens but the windows score "
-            f"{windows.tokens_scored}; compute the reference on the same EvalWindows"
-        )
     keep_top_k = None if keep_reference_top_k is None else parse_top_k(keep_reference_top_k)
     device = _model_device(model)
+    scorer = WindowScorer(windows, reference, device)
     trim_logits = _accepts_logits_to_keep(model)
     builder = None
-    nll_sum = torch.zeros((), dtype=torch.float64, device=device)
-    target_parts, kl_parts, match_parts = [], [], []
-    offset = first = 0
+    first = 0
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -249,48 +211,14 @@ def evaluate(
             if logits.device != device:  # a model spread over GPUs returns them from its last one
                 logits = logits.to(device)
             for row, window in enumerate(batch):
-                n = window.n_scored
-                logprobs = logits[row, -n:].float().log_softmax(dim=-1)
-                targets = torch.tensor(window.target_ids, dtype=torch.long).to(device, non_blocking=True)
-                target_logprobs = logprobs.gather(1, targets[:, None])
-                nll_sum -= target_logprobs.sum(dtype=torch.float64)
-                target_parts.append(target_logprobs[:, 0])
-                argmax = logprobs.argmax(dim=-1)
-                if reference is not None:
-                    kl_parts.append(kl_nats(reference, offset, logprobs))
-                    match_parts.append(reference.argmax[offset : offset + n].to(device) == argmax)
+                logprobs = logits[row, -window.n_scored:].float().log_softmax(dim=-1)
+                offset = scorer.offset
+                target_logprobs, argmax = scorer.add(logprobs, window)
                 if keep_reference_top_k is not None:
                     if builder is None:
                         builder = ReferenceBuilder(windows.tokens_scored, logprobs.shape[-1], keep_top_k)
-                    builder.add(offset, logprobs, target_logprobs[:, 0], argmax)
-                offset += n
+                    builder.add(offset, logprobs, target_logprobs, argmax)
                 del logprobs
             del logits
-        nll = nll_sum.item() / windows.tokens_scored
-        scores = TokenScores(
-            logprob_target=torch.cat(target_parts).double().cpu(),
-            reference_logprob_target=None if reference is None else reference.logprob_target.double(),
-            kl_nats=None if reference is None else torch.cat(kl_parts).cpu(),
-            top1_match=None if reference is None else torch.cat(match_parts).cpu(),
-        )
-        mean_kl = p99_kl = top1 = None
-        if reference is not None:
-            mean_kl = float(scores.kl_nats.mean())
-            p99_kl = percentile(scores.kl_nats.numpy(), 99.0)  # the statistics' own percentile: one computation
-            top1 = 100.0 * int(scores.top1_match.sum()) / windows.tokens_scored
-    seconds = time.perf_counter() - start
-    measurement = QualityMeasurement(
-        perplexity=math.exp(nll),
-        nll_nats_per_token=nll,
-        tokens_scored=windows.tokens_scored,
-        windows=len(windows.windows),
-        context_tokens=windows.context_tokens,
-        stride_tokens=windows.stride_tokens,
-        mean_kl_nats=mean_kl,
-        p99_kl_nats=p99_kl,
-        top1_agreement_percent=top1,
-        seconds=seconds,
-        eval_batch_windows=batch_windows,
-        reference_top_k=None if reference is None else reference.top_k,
-    )
+        measurement, scores = scorer.finish(start, batch_windows)
     return measurement, None if builder is None else builder.finish(), scores
