@@ -185,10 +185,9 @@ class Measurer:
         predictions when ``live`` is the reference. An image-text-to-text model's: over the reference's answers to
         the image prompts, each conditioned on its image (the answers left in ``left`` by the reference)."""
         from ..measure.quality import evaluate
-
-        pair = live.pair
         from .images import scored
 
+        pair = live.pair
         windows, window_inputs, left.answers = scored(live, self._inputs, self._images, reference, self._progress)
         self._progress(f"{pair.id}: evaluating {windows.tokens_scored} tokens in {len(windows.windows)} windows")
         batch = self._inputs.batch_windows
