@@ -2,8 +2,9 @@
 
 Issue 18 asks for `pytest tests` at least 30% faster than at 8dd6c27, running the same behaviour. The suite has
 grown since (GGUF through llama.cpp, compressed-tensors, AutoRound, the FP4 recipes, quantized KV caches, task and
-layer gates, paired statistics, the compiled decode mode and its check, the timing budget, trust_remote_code, ...),
-so the command compared with 8dd6c27's whole suite is today's suite without the tests of what came after it:
+layer gates, lm-eval tasks, image-text models, paired statistics, the compiled decode mode and its check, the
+timing budget, trust_remote_code, ...), so the command compared with 8dd6c27's whole suite is today's suite
+without the tests of what came after it:
 
 - the test modules whose subject module did not exist at 8dd6c27 (``NEW_MODULES``: ``git diff --diff-filter=A
   8dd6c27 -- pytest_quant`` lists those subjects), and
@@ -49,7 +50,14 @@ NEW_MODULES = (
     "tests/test_tasks.py",
     "tests/run/test_reference_extras.py",  # run/reference_extras.py: the reference's task answers and layer data
     "tests/test_options_decode_mode.py",  # --quant-decode-mode (ad45de0)
-    "tests/test_lmeval_tasks.py",  # lm-eval tasks (after this script)
+    "tests/run/test_task_gate.py",
+    "tests/test_lmeval_tasks.py",  # lmeval_tasks.py, measure/lmeval.py (8de36b3)
+    "tests/report/test_layer_plot.py",  # report/layer_plot.py (808fb92)
+    "tests/test_images.py",  # image-text-to-text models: images.py, models/vision.py, measure/vision.py,
+    "tests/test_vlm.py",  # run/images.py, backends/skip_modules.py (e6e687c)
+    "tests/models/test_vision.py",
+    "tests/measure/test_vision.py",
+    "tests/backends/test_skip_modules.py",
 )
 
 # Tests, in modules that existed, of a feature added after 8dd6c27.
