@@ -4,6 +4,7 @@ the report's language-part memory and answers, what skips and what is refused at
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -27,6 +28,11 @@ bnb_4bit_quant_type = "nf4"
 bnb_4bit_use_double_quant = true
 llm_int8_skip_modules = ["model.multi_modal_projector", "lm_head"]
 
+[tool.pytest-quant.recipes.torchao-int8wo-vlm]
+backend = "torchao"
+quant_type = "int8_weight_only"
+modules_to_not_convert = ["model.multi_modal_projector", "lm_head"]
+
 [tool.pytest-quant.recipes.nf4-bad-skip]
 backend = "bitsandbytes"
 load_in_4bit = true
@@ -46,15 +52,16 @@ def test_the_seeds_example_gates_a_vision_language_model(pytester: pytest.Pytest
     pytester.makepyfile(test_seed=SEED_TEST)
     pytester.makepyprojecttoml(RECIPES)
     report = pytester.path / "report.json"
-    result = pytester.runpytest(*FAST, f"--quant-model={vlm}", "-rs",
-                                "--quant-recipes=reference,nf4-vlm,bnb-int8,torch-dynamic-int8,nf4-bad-skip",
-                                f"--quant-report={report}")
-    result.assert_outcomes(passed=3, skipped=1, errors=1)
+    torchao = importlib.util.find_spec("torchao") is not None  # torchao-int8wo: the projector and head kept too
+    result = pytester.runpytest(*FAST, f"--quant-model={vlm}", "-rs", f"--quant-report={report}",
+                                "--quant-recipes=reference,nf4-vlm,bnb-int8,torch-dynamic-int8,nf4-bad-skip"
+                                + (",torchao-int8wo-vlm" if torchao else ""))
+    result.assert_outcomes(passed=3 + torchao, skipped=1, errors=1)
     result.stdout.fnmatch_lines([
         "*ValueError: recipe nf4-bad-skip: llm_int8_skip_modules: 'multi_modal_projector' matches no module (write "
         "'model.multi_modal_projector') among the linear layers of LlavaForConditionalGeneration*",
         "SKIPPED * recipe torch-dynamic-int8: backend torch_dynamic loads causal language models only; tiny-vlm is an "
-        "image-text-to-text model (reference and bitsandbytes recipes gate it)"], consecutive=False)
+        "image-text-to-text model (reference, bitsandbytes and torchao recipes gate it)"], consecutive=False)
     header = next(line for line in result.stdout.lines if line.startswith("model "))
     assert "LM part" in header
     rows = {r["recipe"]: r for r in json.loads(report.read_text())["results"]}
@@ -70,6 +77,9 @@ def test_the_seeds_example_gates_a_vision_language_model(pytester: pytest.Pytest
         assert row["generation_prompts"] == 4 and row["generation_s"] > 0  # the embedded drawings, answered
     assert nf4["eval_tokens"] == int8["eval_tokens"] == reference["eval_tokens"] <= 4 * 32  # the reference's answers
     assert nf4["vram_resident_bytes"] < int8["vram_resident_bytes"] < 0.5 * reference["vram_resident_bytes"]
+    if torchao:
+        assert rows["torchao-int8wo-vlm"]["kernel"] == "Linear(Int8Tensor)"
+        assert 0 < rows["torchao-int8wo-vlm"]["mean_kl_nats"] < nf4["mean_kl_nats"]
 
 
 def test_a_bad_images_line_stops_the_run_before_any_model_loads(pytester: pytest.Pytester, vlm: Path) -> None:

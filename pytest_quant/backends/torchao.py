@@ -166,7 +166,10 @@ def _fp4_config(quant_type: str):
 
 def load(request) -> Loaded:
     import torch
-    from transformers import AutoModelForCausalLM, TorchAoConfig
+    from transformers import TorchAoConfig
+
+    from .common import load_pretrained
+    from .skip_modules import skip_problem
 
     settings = dict(request.recipe.options)
     validate(settings)
@@ -184,10 +187,13 @@ def load(request) -> Loaded:
     }
     config = TorchAoConfig(quant_config(settings), **passthrough)
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(
-        request.model_path, quantization_config=config, dtype=dtype, device_map=request.placement,
-        trust_remote_code=request.trust_remote_code,
-    )
+    model = load_pretrained(request.model_path, request.trust_remote_code, quantization_config=config, dtype=dtype,
+                            device_map=request.placement)  # an image-text-to-text model's Auto class too
+    problem = skip_problem(model, settings.get("modules_to_not_convert"), "modules_to_not_convert",
+                           getattr(request.recipe, "name", "?"))
+    if problem:
+        del model  # not kept alive by the error's frames
+        raise ValueError(problem)
     model.eval()
     seconds = time.perf_counter() - start  # quantization happens inside the load
     attach_footprint(model)
