@@ -98,3 +98,18 @@ def test_images_for_text_models_only_is_a_problem(tmp_path: Path) -> None:
 
     problem = images_problem(tmp_path, [ModelSource("tiny", TINY_DIR)])
     assert "none of the models takes images (tiny: no vision_config" in problem
+
+
+def test_chat_images_for_a_model_without_a_chat_template_is_a_problem(tmp_path: Path) -> None:
+    from pytest_quant.models.vision import images_problem
+
+    _png(tmp_path / "cat.png")
+    model = tmp_path / "vlm"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "llava", "vision_config": {"model_type": "siglip"}}))
+    chat = {"messages": [{"role": "user", "content": [{"type": "image", "image": "cat.png"}, {"type": "text", "text": "?"}]}]}
+    (tmp_path / "p.jsonl").write_text(json.dumps({"image": "cat.png", "prompt": "x"}) + "\n" + json.dumps(chat) + "\n")
+    problem = images_problem(tmp_path / "p.jsonl", [ModelSource("vlm", model)])
+    assert problem.startswith(f"--quant-images {tmp_path / 'p.jsonl'}:2: a chat prompt, and vlm has no chat template")
+    (model / "chat_template.jinja").write_text("{{ messages }}")
+    assert images_problem(tmp_path / "p.jsonl", [ModelSource("vlm", model)]) is None
