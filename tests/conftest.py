@@ -43,17 +43,6 @@ gc.collect()
 gc.freeze()
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
-    """A test that thawed everything (gc.unfreeze: tests/run/test_live.py's frozen-holder check) leaves the
-    libraries in the collector's sight again: freeze what is alive once more (the release check reads module
-    namespaces directly, so a frozen module dict still names its holder: run.live.holders)."""
-    result = yield
-    if gc.get_freeze_count() == 0:
-        gc.collect()
-        gc.freeze()
-    return result
-
 # Small and fast: enough tokens to tell recipes apart, few enough for a 2-core CI machine.
 FAST = ("--quant-eval-tokens", "1024")
 
