@@ -26,14 +26,6 @@ FORMATS = {"fp8": "FP8_DEFAULT_CFG", "int4_awq": "INT4_AWQ_CFG", "int8_smoothqua
            "nvfp4": "NVFP4_DEFAULT_CFG"}  # nvfp4: fake-quantized (fp4 tensor cores are Blackwell's)
 FIELDS = frozenset({"format", "compress", "calibration", "calibration_samples", "calibration_seq_len"})
 
-RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "modelopt-fp8": ("NVIDIA Model Optimizer fp8 (e4m3) weights and activations, calibrated (CUDA)", {"format": "fp8"}),
-    "modelopt-int4-awq": (
-        "NVIDIA Model Optimizer int4 AWQ weights, group size 128, calibrated (CUDA)",
-        {"format": "int4_awq"},
-    ),
-}
-
 
 def validate(settings: dict[str, Any]) -> None:
     unknown = sorted(set(settings) - FIELDS - {"backend", "description"})

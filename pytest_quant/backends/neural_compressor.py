@@ -27,15 +27,6 @@ FIELDS = frozenset(
 )
 DEFAULTS: dict[str, Any] = {"algorithm": "rtn", "bits": 4, "group_size": 128, "use_sym": True, "quant_lm_head": False}
 
-RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "inc-rtn-w4": ("Intel Neural Compressor weight-only RTN, 4-bit, group size 128", {"algorithm": "rtn", "bits": 4}),
-    "inc-rtn-w8": ("Intel Neural Compressor weight-only RTN, 8-bit, group size 128", {"algorithm": "rtn", "bits": 8}),
-    "inc-gptq-w4": (
-        "Intel Neural Compressor weight-only GPTQ, 4-bit, group size 128 (calibrated on the calibration text)",
-        {"algorithm": "gptq", "bits": 4},
-    ),
-}
-
 
 def validate(settings: dict[str, Any]) -> None:
     unknown = sorted(set(settings) - FIELDS - {"backend", "description"})

@@ -32,11 +32,6 @@ CACHE_SUBDIR = "onnxruntime"
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_BYTES = 1 << 30  # above this the fp32 export no longer fits one protobuf comfortably
 
-RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "ort-dynamic-int8": ("ONNX Runtime dynamic int8 (quantize_dynamic, QInt8 weights, per tensor) on CPU",
-                         {"weight_type": "QInt8"}),
-}
-
 
 def validate(settings: dict[str, Any]) -> None:
     unknown = sorted(set(settings) - FIELDS - {"backend", "description"})

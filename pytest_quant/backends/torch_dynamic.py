@@ -29,17 +29,6 @@ WEIGHT_DTYPES = {"torch.ao": ("qint8", "float16"), "torchao": ("qint8",)}
 DEFAULTS = {"api": "torch.ao", "weight_dtype": "qint8", "skip_modules": ()}
 
 # Built-in recipes this backend proposes: name -> (description, settings).
-RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "torch-dynamic-int8": (
-        "PyTorch dynamic int8 (torch.ao.quantization.quantize_dynamic of nn.Linear to qint8; deprecated by torch)",
-        {"api": "torch.ao"},
-    ),
-    "torchao-dynamic-int8": (
-        "PyTorch dynamic int8 through torchao quantize_ (Int8DynamicActivationInt8WeightConfig), "
-        "quantize_dynamic's successor",
-        {"api": "torchao"},
-    ),
-}
 
 
 def validate(settings: dict[str, Any]) -> None:

@@ -57,26 +57,6 @@ FIELDS = frozenset(
     }
 )
 
-RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
-    "torchao-int8wo": ("torchao int8 weight-only, per channel", {"quant_type": "int8_weight_only"}),
-    "torchao-int4wo-g128": (
-        "torchao int4 weight-only, group size 128 (tinygemm, bfloat16; CUDA)",
-        {"quant_type": "int4_weight_only", "group_size": 128},
-    ),
-    "torchao-int8dq": (
-        "torchao int8 dynamic activation + int8 weight",
-        {"quant_type": "int8_dynamic_activation_int8_weight"},
-    ),
-    "torchao-intx-w4g128": (
-        "torchao int4 weight-only in groups of 128 on any device (IntxWeightOnlyConfig, stored as int8)",
-        {"quant_type": "intx_weight_only", "bits": 4, "group_size": 128},
-    ),
-    "torchao-fp8": (
-        "torchao float8 dynamic activation + float8 weight (CUDA compute capability 8.9+: Ada, Hopper)",
-        {"quant_type": "float8_dynamic_activation_float8_weight"},
-    ),
-}
-
 
 def validate(settings: dict[str, Any]) -> None:
     unknown = sorted(set(settings) - FIELDS - {"backend", "description"})

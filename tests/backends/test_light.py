@@ -65,8 +65,12 @@ def test_validate_names_field_value_and_accepted(module, settings, words):
 def test_builtin_recipes_validate(module):
     import importlib
 
+    from pytest_quant.recipes import BUILTIN_RECIPES
+
     backend = importlib.import_module(f"pytest_quant.backends.{module}")
-    for name, (description, settings) in backend.RECIPES.items():
-        assert description and name == name.lower()
-        backend.validate(dict(settings))
-        assert set(settings) <= backend.FIELDS
+    recipes = [recipe for recipe in BUILTIN_RECIPES.values() if recipe.backend == module]
+    assert recipes, f"no built-in recipe of {module}"
+    for recipe in recipes:
+        assert recipe.description and recipe.name == recipe.name.lower()
+        backend.validate(dict(recipe.options))
+        assert set(recipe.options) <= backend.FIELDS
