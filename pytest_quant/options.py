@@ -1,4 +1,4 @@
-"""Command-line options and their ini twins, parsed where argparse reads them.
+"""Command-line options and their ini twins, parsed where argparse reads them (the converters: option_parsers).
 
 Every converter raises ``argparse.ArgumentTypeError`` (on the command line) or ``pytest.UsageError``
 (through :func:`value_or_ini`) with the bad value and what would be accepted.
@@ -7,7 +7,6 @@ Every converter raises ``argparse.ArgumentTypeError`` (on the command line) or `
 from __future__ import annotations
 
 import argparse
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -18,117 +17,21 @@ from .hardware import is_cuda
 from .images import parse_images
 from .measure.reference import DEFAULT_TOP_K  # its one place: measured in benchmarks/bench_compact_kl.py
 from .models import EMBEDDED, ModelSource, embedded_eval_text, resolve_model
-
-def parse_device(value: str) -> str:
-    value = value.strip().lower()
-    if value in ("cpu", "auto") or re.fullmatch(r"cuda(:[0-9]+)?", value):
-        return "cuda:0" if value == "cuda" else value
-    raise argparse.ArgumentTypeError(f"--quant-device {value!r}: expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
-
-
-def parse_recipe_names(value: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in value.split(",") if n.strip())
-    if not names:
-        raise argparse.ArgumentTypeError(f"--quant-recipes {value!r}: expected comma-separated recipe names")
-    return names
-
-
-def parse_eval_tokens(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--quant-eval-tokens {value!r}: expected a whole number >= 2") from None
-    if n < 2:
-        raise argparse.ArgumentTypeError(f"--quant-eval-tokens {value!r}: expected a whole number >= 2")
-    return n
-
-
-def parse_whole(flag: str, value: str, minimum: int) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"{flag} {value!r}: expected a whole number >= {minimum}") from None
-    if n < minimum:
-        raise argparse.ArgumentTypeError(f"{flag} {value!r}: expected a whole number >= {minimum}")
-    return n
-
-
-def parse_seconds(flag: str, value: str) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = float("nan")
-    if not seconds > 0 or seconds == float("inf"):
-        raise argparse.ArgumentTypeError(f"{flag} {value!r}: expected a number of seconds > 0")
-    return seconds
-
-
-def parse_top_k_option(value: str) -> int | str:
-    text = str(value).strip().lower()
-    if text == "exact":
-        return "exact"
-    return parse_whole("--quant-reference-top-k", text, minimum=1)
-
-
-def parse_existing_file(flag: str, folder: bool = False) -> Callable[[str], Path]:
-    def parse(value: str) -> Path:
-        path = Path(value).expanduser()
-        if not (path.is_dir() if folder else path.is_file()):
-            raise argparse.ArgumentTypeError(f"{flag} {value!r}: no such {'folder' if folder else 'file'}")
-        return path
-
-    return parse
-
-
-def parse_prompts_file(value: str) -> Path:
-    """A prompts file, read and checked now (a bad line is named as file:line), before any model loads."""
-    from .prompts import read_prompts
-
-    path = Path(value).expanduser()
-    try:
-        read_prompts(path)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--quant-prompts {value!r}: {exc}") from None
-    return path
-
-
-def parse_tasks_file(value: str):
-    """A task file read and checked now (``tasks.tasks_option``), or an lm-eval spec, before any model loads."""
-    from .tasks import tasks_option
-
-    try:
-        return tasks_option(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--quant-tasks {value!r}: {exc}") from None
-
-
-DECODE_MODES = ("compiled", "cuda-graph", "eager")  # pytest_quant.recipes.DECODE_MODES
-
-
-def parse_decode_mode(value: str) -> str:
-    mode = str(value).strip().lower()
-    if mode not in DECODE_MODES:
-        raise argparse.ArgumentTypeError(f"--quant-decode-mode {value!r}: expected one of {', '.join(DECODE_MODES)}")
-    return mode
-
-
-def parse_model(value: str) -> ModelSource:
-    try:
-        return resolve_model(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def parse_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"{value!r} is not a boolean; use true or false")
-
+from .option_parsers import (  # DECODE_MODES and the parsers: importable from here too
+    DECODE_MODES,  # noqa: F401
+    parse_device,
+    parse_recipe_names,
+    parse_eval_tokens,
+    parse_whole,
+    parse_seconds,
+    parse_top_k_option,
+    parse_existing_file,
+    parse_prompts_file,
+    parse_tasks_file,
+    parse_decode_mode,
+    parse_model,
+    parse_bool,
+)
 
 @dataclass(frozen=True)
 class Option:

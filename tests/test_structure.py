@@ -20,7 +20,7 @@ LAYERS = (
     ("pytest_quant.models", "pytest_quant.prompts", "pytest_quant.tasks", "pytest_quant.lmeval_tasks"),
     ("pytest_quant.recipes",),
     ("pytest_quant.backends",),
-    ("pytest_quant.options", "pytest_quant.cache_key", "pytest_quant.__main__"),
+    ("pytest_quant.options", "pytest_quant.option_parsers", "pytest_quant.cache_key", "pytest_quant.__main__"),
     ("pytest_quant.metrics",),
     ("pytest_quant.tolerances",),
     ("pytest_quant.gates",),
