@@ -1,6 +1,6 @@
 """What backends that quantize a model in place share: naming the kernel that ran, and the bytes really stored
 (tensor subclasses and packed weights that ``get_memory_footprint`` miscounts); cutting the frames a
-library's stored import error keeps alive; the cached build of a quantized folder (GPTQModel's, AutoRound's); and the
+library's stored import error keeps alive; the check that a recipe names only its backend's fields; the cached build of a quantized folder (GPTQModel's, AutoRound's); and the
 shell of a runtime that is no torch module (ONNX Runtime's session, llama.cpp's context) shaped like a causal LM.
 
 torchao swaps ``nn.Linear`` weights for tensor subclasses that report the float dtype, ``quantize_dynamic``
@@ -13,6 +13,13 @@ import sys
 import types
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+
+def refuse_unknown_fields(backend: str, settings: Mapping[str, Any], fields: frozenset[str]) -> None:
+    """A recipe's settings may name the backend's ``fields`` (and ``backend``, ``description``), nothing else."""
+    unknown = sorted(set(settings) - fields - {"backend", "description"})
+    if unknown:
+        raise ValueError(f"{backend}: unknown field(s) {unknown}; accepted: {sorted(fields)}")
 
 
 def kernel_name(model) -> str:

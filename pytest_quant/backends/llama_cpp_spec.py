@@ -15,6 +15,7 @@ from typing import Any
 
 from ..models.gguf_header import QUANT_TYPES
 from ..recipes import Recipe
+from .base import refuse_unknown_fields
 
 REQUIRES: tuple[str, ...] = ("llama_cpp", "gguf")
 INSTALL_HINT = "pip install 'pytest-quant[gguf]' (builds llama.cpp from source: minutes; CUDA: see the README)"
@@ -42,9 +43,7 @@ def canonical_type(value: Any) -> str:
 
 
 def validate(settings: dict[str, Any]) -> None:
-    unknown = sorted(set(settings) - FIELDS - {"backend", "description"})
-    if unknown:
-        raise ValueError(f"llama_cpp: unknown field(s) {unknown}; accepted: {sorted(FIELDS)}")
+    refuse_unknown_fields("llama_cpp", settings, FIELDS)
     kind = canonical_type(settings["type"]) if "type" in settings else None
     source = settings.get("source_type")
     if source is not None and (not isinstance(source, str) or source.upper() not in SOURCE_TYPES):

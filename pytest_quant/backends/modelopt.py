@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from . import Loaded, default_dtype, load_tokenizer
-from .base import attach_footprint, kernel_name
+from .base import attach_footprint, kernel_name, refuse_unknown_fields
 
 REQUIRES: tuple[str, ...] = ("modelopt",)
 INSTALL_HINT = "pip install 'pytest-quant[modelopt]'"
@@ -28,9 +28,7 @@ FIELDS = frozenset({"format", "compress", "calibration", "calibration_samples", 
 
 
 def validate(settings: dict[str, Any]) -> None:
-    unknown = sorted(set(settings) - FIELDS - {"backend", "description"})
-    if unknown:
-        raise ValueError(f"modelopt: unknown field(s) {unknown}; accepted: {sorted(FIELDS)}")
+    refuse_unknown_fields("modelopt", settings, FIELDS)
     fmt = settings.get("format")
     if fmt not in FORMATS:
         raise ValueError(f"modelopt: format = {fmt!r} is not one of {sorted(FORMATS)}")

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from . import Loaded, load_tokenizer
-from .base import attach_footprint, kernel_name
+from .base import attach_footprint, kernel_name, refuse_unknown_fields
 
 REQUIRES: tuple[str, ...] = ("neural_compressor",)
 INSTALL_HINT = "pip install 'pytest-quant[inc]'"
@@ -29,9 +29,7 @@ DEFAULTS: dict[str, Any] = {"algorithm": "rtn", "bits": 4, "group_size": 128, "u
 
 
 def validate(settings: dict[str, Any]) -> None:
-    unknown = sorted(set(settings) - FIELDS - {"backend", "description"})
-    if unknown:
-        raise ValueError(f"neural_compressor: unknown field(s) {unknown}; accepted: {sorted(FIELDS)}")
+    refuse_unknown_fields("neural_compressor", settings, FIELDS)
     algorithm = settings.get("algorithm", DEFAULTS["algorithm"])
     if algorithm not in ALGORITHMS:
         raise ValueError(f"neural_compressor: algorithm = {algorithm!r} is not one of {list(ALGORITHMS)}")

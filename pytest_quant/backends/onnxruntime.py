@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import Loaded, load_tokenizer
-from .base import CausalLMOutput, RuntimeCausalLM
+from .base import CausalLMOutput, RuntimeCausalLM, refuse_unknown_fields
 
 REQUIRES: tuple[str, ...] = ("onnxruntime", "onnx", "onnxscript")
 INSTALL_HINT = "pip install 'pytest-quant[onnx]'"
@@ -34,9 +34,7 @@ EXTERNAL_DATA_BYTES = 1 << 30  # above this the fp32 export no longer fits one p
 
 
 def validate(settings: dict[str, Any]) -> None:
-    unknown = sorted(set(settings) - FIELDS - {"backend", "description"})
-    if unknown:
-        raise ValueError(f"onnxruntime: unknown field(s) {unknown}; accepted: {sorted(FIELDS)}")
+    refuse_unknown_fields("onnxruntime", settings, FIELDS)
     weight_type = settings.get("weight_type", DEFAULTS["weight_type"])
     if weight_type not in WEIGHT_TYPES:
         raise ValueError(f"onnxruntime: weight_type = {weight_type!r} is not one of {list(WEIGHT_TYPES)}")

@@ -18,7 +18,7 @@ import warnings
 from typing import Any
 
 from . import Loaded, load_tokenizer
-from .base import attach_footprint, kernel_name
+from .base import attach_footprint, kernel_name, refuse_unknown_fields
 
 REQUIRES: tuple[str, ...] = ()  # torch itself; api = "torchao" needs torchao
 INSTALL_HINT = "pip install 'pytest-quant[torchao]'"
@@ -32,9 +32,7 @@ DEFAULTS = {"api": "torch.ao", "weight_dtype": "qint8", "skip_modules": ()}
 
 
 def validate(settings: dict[str, Any]) -> None:
-    unknown = sorted(set(settings) - FIELDS - {"backend", "description"})
-    if unknown:
-        raise ValueError(f"torch_dynamic: unknown field(s) {unknown}; accepted: {sorted(FIELDS)}")
+    refuse_unknown_fields("torch_dynamic", settings, FIELDS)
     api = settings.get("api", DEFAULTS["api"])
     if api not in APIS:
         raise ValueError(f"torch_dynamic: api = {api!r} is not one of {list(APIS)}")

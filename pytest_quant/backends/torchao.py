@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from . import Loaded, default_dtype, load_tokenizer
-from .base import attach_footprint, kernel_name
+from .base import attach_footprint, kernel_name, refuse_unknown_fields
 
 REQUIRES: tuple[str, ...] = ("torchao",)
 INSTALL_HINT = "pip install 'pytest-quant[torchao]'"
@@ -59,9 +59,7 @@ FIELDS = frozenset(
 
 
 def validate(settings: dict[str, Any]) -> None:
-    unknown = sorted(set(settings) - FIELDS - {"backend", "description"})
-    if unknown:
-        raise ValueError(f"torchao: unknown field(s) {unknown}; accepted: {sorted(FIELDS)}")
+    refuse_unknown_fields("torchao", settings, FIELDS)
     quant_type = settings.get("quant_type")
     if quant_type not in QUANT_TYPES:
         raise ValueError(f"torchao: quant_type = {quant_type!r} is not one of {sorted(QUANT_TYPES)}")
