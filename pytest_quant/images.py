@@ -183,16 +183,3 @@ def render(prompt: ImagePrompt, processor) -> str:
         return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     token = getattr(processor, "image_token", None) or "<image>"
     return f"{token}\n{prompt.text}"
-
-
-def parse_images(value: str) -> Path:
-    """``--quant-images``: a folder of images or a JSONL file of image prompts, every line and image checked now (a
-    bad one is named as file:line), before any model loads."""
-    import argparse
-
-    path = Path(value).expanduser()
-    try:
-        read_images(path)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--quant-images {value!r}: {exc}") from None
-    return path

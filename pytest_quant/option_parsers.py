@@ -73,16 +73,31 @@ def parse_existing_file(flag: str, folder: bool = False) -> Callable[[str], Path
     return parse
 
 
+def parse_checked_file(flag: str, read: Callable[[Path], Any]) -> Callable[[str], Path]:
+    """A path whose contents ``read`` checks now (its ValueError names the bad file:line), before any model loads."""
+    def parse(value: str) -> Path:
+        path = Path(value).expanduser()
+        try:
+            read(path)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{flag} {value!r}: {exc}") from None
+        return path
+
+    return parse
+
+
 def parse_prompts_file(value: str) -> Path:
-    """A prompts file, read and checked now (a bad line is named as file:line), before any model loads."""
+    """``--quant-prompts``: a JSONL file of prompts, every line checked now."""
     from .prompts import read_prompts
 
-    path = Path(value).expanduser()
-    try:
-        read_prompts(path)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--quant-prompts {value!r}: {exc}") from None
-    return path
+    return parse_checked_file("--quant-prompts", read_prompts)(value)
+
+
+def parse_images(value: str) -> Path:
+    """``--quant-images``: a folder of images or a JSONL file of image prompts, every line and image checked now."""
+    from .images import read_images
+
+    return parse_checked_file("--quant-images", read_images)(value)
 
 
 def parse_tasks_file(value: str):

@@ -14,7 +14,6 @@ from typing import Any, Callable
 import pytest
 
 from .hardware import is_cuda
-from .images import parse_images
 from .measure.reference import DEFAULT_TOP_K  # its one place: measured in benchmarks/bench_compact_kl.py
 from .models import EMBEDDED, ModelSource, embedded_eval_text, resolve_model
 from .option_parsers import (  # DECODE_MODES and the parsers: importable from here too
@@ -26,6 +25,7 @@ from .option_parsers import (  # DECODE_MODES and the parsers: importable from h
     parse_seconds,
     parse_top_k_option,
     parse_existing_file,
+    parse_images,
     parse_prompts_file,
     parse_tasks_file,
     parse_decode_mode,
