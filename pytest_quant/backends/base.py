@@ -160,3 +160,13 @@ class RuntimeCausalLM:
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
+
+
+def cpu_settings(request, backend: str, why: str, defaults: dict, validate) -> dict:
+    """A CPU-only backend's settings for ``request``: the recipe's over ``defaults``, validated; a device other
+    than the CPU is refused first (``why``: what keeps the backend on the CPU)."""
+    if not str(request.device).startswith("cpu"):
+        raise ValueError(f"{backend} runs on CPU only ({why}); got device {request.device!r}")
+    settings = {**defaults, **request.recipe.options}
+    validate(settings)
+    return settings

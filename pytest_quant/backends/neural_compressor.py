@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from . import Loaded, load_tokenizer
-from .base import attach_footprint, kernel_name, refuse_unknown_fields
+from .base import attach_footprint, cpu_settings, kernel_name, refuse_unknown_fields
 
 REQUIRES: tuple[str, ...] = ("neural_compressor",)
 INSTALL_HINT = "pip install 'pytest-quant[inc]'"
@@ -53,10 +53,8 @@ def load(request) -> Loaded:
     import torch
     from transformers import AutoModelForCausalLM
 
-    if not str(request.device).startswith("cpu"):
-        raise ValueError(f"neural_compressor runs on CPU here; got device {request.device!r}")
-    settings = {**DEFAULTS, **request.recipe.options}
-    validate(settings)
+    settings = cpu_settings(request, "neural_compressor", "its weight-only kernels are run here on CPU", DEFAULTS,
+                            validate)
     from neural_compressor.torch.quantization import GPTQConfig, RTNConfig, convert, prepare
 
     tokenizer = load_tokenizer(request.model_path, request.trust_remote_code)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import Loaded, load_tokenizer
-from .base import CausalLMOutput, RuntimeCausalLM, refuse_unknown_fields
+from .base import CausalLMOutput, RuntimeCausalLM, cpu_settings, refuse_unknown_fields
 
 REQUIRES: tuple[str, ...] = ("onnxruntime", "onnx", "onnxscript")
 INSTALL_HINT = "pip install 'pytest-quant[onnx]'"
@@ -52,10 +52,7 @@ def validate(settings: dict[str, Any]) -> None:
 def load(request) -> Loaded:
     from .. import qcache
 
-    if not str(request.device).startswith("cpu"):
-        raise ValueError(f"onnxruntime runs on CPU here (CPUExecutionProvider); got device {request.device!r}")
-    settings = {**DEFAULTS, **request.recipe.options}
-    validate(settings)
+    settings = cpu_settings(request, "onnxruntime", "CPUExecutionProvider", DEFAULTS, validate)
     trust = bool(getattr(request, "trust_remote_code", False))
     notes: dict[str, Any] = {}
     cache, seconds = "", 0.0

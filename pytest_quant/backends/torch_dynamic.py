@@ -18,7 +18,7 @@ import warnings
 from typing import Any
 
 from . import Loaded, load_tokenizer
-from .base import attach_footprint, kernel_name, refuse_unknown_fields
+from .base import attach_footprint, cpu_settings, kernel_name, refuse_unknown_fields
 
 REQUIRES: tuple[str, ...] = ()  # torch itself; api = "torchao" needs torchao
 INSTALL_HINT = "pip install 'pytest-quant[torchao]'"
@@ -51,10 +51,7 @@ def load(request) -> Loaded:
     import torch
     from transformers import AutoModelForCausalLM
 
-    if not str(request.device).startswith("cpu"):
-        raise ValueError(f"torch_dynamic runs on CPU only (its int8 kernels are CPU kernels); got device {request.device!r}")
-    settings = {**DEFAULTS, **request.recipe.options}
-    validate(settings)
+    settings = cpu_settings(request, "torch_dynamic", "its int8 kernels are CPU kernels", DEFAULTS, validate)
     model = AutoModelForCausalLM.from_pretrained(request.model_path, dtype=torch.float32, device_map="cpu",
                                                  trust_remote_code=request.trust_remote_code)
     model.eval()

@@ -1,4 +1,5 @@
-"""The helpers backends share: a stored import error's frames no longer keep a loaded model alive."""
+"""The helpers backends share: a stored import error's frames no longer keep a loaded model alive; a CPU-only
+backend's settings."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import gc
 import sys
 import types
 import weakref
+
+import pytest
 
 from pytest_quant.backends.base import drop_import_tracebacks
 
@@ -38,3 +41,18 @@ def test_a_kept_import_error_holds_the_callers_model_until_its_traceback_is_drop
     gc.collect()
     assert model() is None
     assert str(library._IMPORT_ERROR) == "No module named 'llama_cpp'"  # the message stays
+
+
+def test_cpu_settings_refuses_another_device_then_merges_and_validates() -> None:
+    from types import SimpleNamespace
+
+    from pytest_quant.backends.base import cpu_settings
+
+    seen = []
+    request = SimpleNamespace(device="cuda:0", recipe=SimpleNamespace(options={"bits": 4}))
+    with pytest.raises(ValueError, match=r"^onnxruntime runs on CPU only \(CPUExecutionProvider\); got device 'cuda:0'$"):
+        cpu_settings(request, "onnxruntime", "CPUExecutionProvider", {"bits": 8, "group": 32}, seen.append)
+    assert seen == []  # refused before any validation
+    request.device = "cpu"
+    assert cpu_settings(request, "x", "why", {"bits": 8, "group": 32}, seen.append) == {"bits": 4, "group": 32}
+    assert seen == [{"bits": 4, "group": 32}]
