@@ -109,12 +109,15 @@ class Live:
         # a CUDA decode compiles: a library's process-wide inductor settings must not reach other recipes' compiles
         inductor = compile_cache.inductor_settings() if any(d.startswith("cuda") for d in devices) else None
         start = time.perf_counter()
-        loaded = backend.load_model(LoadRequest(
-            model_path=pair.model.path, recipe=pair.recipe, device=device, cache_dir=self._cache_dir,
-            calibration_text=embedded_calibration_text(), device_map=self._device_map,
-            trust_remote_code=self._trust_remote_code, before_load=lambda: trackers.append(VramTracker(device, devices))))
+        try:
+            loaded = backend.load_model(LoadRequest(
+                model_path=pair.model.path, recipe=pair.recipe, device=device, cache_dir=self._cache_dir,
+                calibration_text=embedded_calibration_text(), device_map=self._device_map,
+                trust_remote_code=self._trust_remote_code,
+                before_load=lambda: trackers.append(VramTracker(device, devices))))
+        finally:  # a load that fails half way (torchao-fp8 on float16 weights) has changed them too
+            compile_settings = compile_cache.changes_undone(inductor) if inductor is not None else {}
         load_s = time.perf_counter() - start
-        compile_settings = compile_cache.changes_undone(inductor) if inductor is not None else {}
         if compile_settings:
             self._progress(f"{pair.id}: {pair.recipe.backend} set inductor's {', '.join(sorted(compile_settings))} "
                            "for the whole process while loading: undone, applied to this recipe's own compile only")

@@ -69,3 +69,29 @@ _CALLS: list[str] = []
 
 def _record_call() -> None:
     _CALLS.append("imported")
+
+
+def test_a_failed_cuda_load_leaves_no_inductor_setting_behind(tmp_path, monkeypatch) -> None:
+    """A library that changes inductor's process-wide settings and then fails half way (torchao-fp8's per-row
+    float8 on float16 weights did, after turning on coordinate-descent tuning) leaves them as they were."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("torch")
+    import torch._inductor.config as inductor_config
+
+    from pytest_quant.backends import Backend
+    from pytest_quant.run.live import Live
+
+    def load(request):
+        inductor_config.coordinate_descent_tuning = not tuning
+        raise RuntimeError("half way")
+
+    tuning = inductor_config.coordinate_descent_tuning
+    monkeypatch.setattr("pytest_quant.measure.vram.VramTracker", lambda *devices: None)  # no GPU here
+    recipe = SimpleNamespace(name="failing", backend="failing", options={}, kv_cache=None)
+    pair = SimpleNamespace(model=SimpleNamespace(name="m", path=tmp_path), recipe=recipe, id="m-failing")
+    placement = SimpleNamespace(device="cuda:0", devices=("cuda:0",), label="cuda:0")
+    live = Live({"failing": Backend("failing", load)}, placement, tmp_path, None, None, lambda line: None)
+    with pytest.raises(RuntimeError, match="half way"):
+        live.open(pair)
+    assert inductor_config.coordinate_descent_tuning is tuning
