@@ -82,6 +82,27 @@ def test_quantized(quant_model):
 PY
 }
 
+kv_1b() {  # $1: seconds at most; $2: a name for the report and log. The int8 and int4 KV caches at the 1.1B shape:
+  # decoding KL against the reference, decode tok/s against the reference decoded eagerly (as a quantized cache
+  # is), generate-phase VRAM; the model built on the GPU by bench_scale
+  python3 -c "import sys, argparse; sys.path.insert(0, 'benchmarks'); import bench_scale as b; \
+print('1b built in', round(b.build(argparse.Namespace(model_root='/tmp', device='cuda'), '1b'), 1), 's')"
+  mkdir -p /tmp/repo/tests
+  cat > /tmp/repo/tests/test_kv.py <<'PY'
+import pytest
+
+@pytest.mark.kl_divergence(max_mean=100)                 # decoding KL against the reference: measured and reported
+@pytest.mark.tokens_per_second(min_ratio=0.01)           # against the reference decoded eagerly, as the cache is
+@pytest.mark.vram_budget(ratio=10, phase="generate")     # the decode's peak: weights + KV cache + activations
+def test_kv(quant_model):
+    assert quant_model.model is not None
+PY
+  (cd /tmp/repo && timeout "$1" python3 -m pytest tests --quant-model=/tmp/bench-scale-1b --quant-gpu \
+     --quant-recipes=reference-kv-int8,reference-kv-int4 --quant-eval-tokens=2048 --quant-decode-mode=eager \
+     --quant-cache-dir=/tmp/qc -p no:cacheprovider --quant-report="$OUT/$2.json" -rA 2>&1 \
+     | grep -v "^W12\|Loading" | tail -20) | tee "$OUT/$2.log"
+}
+
 case "${1:-scale}" in
 decode4|decode8b|s3c|s3d)
   s0=$(date +%s)
@@ -214,22 +235,7 @@ s3a|s3b|record)
       -k "reference or torchao-fp8 or (torchao-nvfp4 and test_memory)"
     grep -B2 -A12 "^_____.*\(fp8\|nvfp4\)" "$OUT/s3b-fp8.log" | head -80
     tar czf "$OUT/baselines-s3b.tgz" baselines/tiny/nvidia-h200
-    python3 -c "import sys, argparse; sys.path.insert(0, 'benchmarks'); import bench_scale as b; \
-print('1b built in', round(b.build(argparse.Namespace(model_root='/tmp', device='cuda'), '1b'), 1), 's')"
-    mkdir -p /tmp/repo/tests
-    cat > /tmp/repo/tests/test_kv.py <<'PY'
-import pytest
-
-@pytest.mark.kl_divergence(max_mean=100)                 # decoding KL against the reference: measured and reported
-@pytest.mark.tokens_per_second(min_ratio=0.01)           # against the reference decoded eagerly, as the cache is
-@pytest.mark.vram_budget(ratio=10, phase="generate")     # the decode's peak: weights + KV cache + activations
-def test_kv(quant_model):
-    assert quant_model.model is not None
-PY
-    (cd /tmp/repo && timeout 200 python3 -m pytest tests --quant-model=/tmp/bench-scale-1b --quant-gpu \
-       --quant-recipes=reference-kv-int8,reference-kv-int4 --quant-eval-tokens=2048 --quant-decode-mode=eager \
-       --quant-cache-dir=/tmp/qc -p no:cacheprovider --quant-report="$OUT/kv-1b.json" -rA 2>&1 \
-       | grep -v "^W12\|Loading" | tail -20) | tee "$OUT/kv-1b.log"
+    kv_1b 200 kv-1b
   fi
   ;;
 issue22)
@@ -244,23 +250,7 @@ issue22)
   echo "issue22 tiny: exit ${PIPESTATUS[0]}, wall $(( $(date +%s) - s1 )) s" | tee -a "$OUT/machine.txt"
   grep -E "^tiny|^(FAILED|ERROR)|passed|failed" "$OUT/issue22-tiny.log" | tail -30
   tar czf "$OUT/baselines-issue22.tgz" baselines/tiny/nvidia-h200 2>/dev/null
-  python3 -c "import sys, argparse; sys.path.insert(0, 'benchmarks'); import bench_scale as b; \
-print('1b built in', round(b.build(argparse.Namespace(model_root='/tmp', device='cuda'), '1b'), 1), 's')"
-  mkdir -p /tmp/repo/tests
-  cat > /tmp/repo/tests/test_kv.py <<'PY'
-import pytest
-
-@pytest.mark.kl_divergence(max_mean=100)                 # decoding KL against the reference: measured and reported
-@pytest.mark.tokens_per_second(min_ratio=0.01)           # against the reference decoded eagerly, as the cache is
-@pytest.mark.vram_budget(ratio=10, phase="generate")     # the decode's peak: weights + KV cache + activations
-def test_kv(quant_model):
-    assert quant_model.model is not None
-PY
-  # eager throughout: a quantized cache decodes eagerly, and min_ratio compares with the reference timed the same way
-  (cd /tmp/repo && timeout 220 python3 -m pytest tests --quant-model=/tmp/bench-scale-1b --quant-gpu \
-     --quant-recipes=reference-kv-int8,reference-kv-int4 --quant-eval-tokens=2048 --quant-decode-mode=eager \
-     --quant-cache-dir=/tmp/qc -p no:cacheprovider --quant-report="$OUT/issue22-1b.json" -rA 2>&1 \
-     | grep -v "^W12\|Loading" | tail -20) | tee "$OUT/issue22-1b.log"
+  kv_1b 220 issue22-1b
   ;;
 workers)
   python3 -m pytest tests/test_gpu_workers.py tests/test_workers.py -q -p no:cacheprovider 2>&1 | tail -15 \
