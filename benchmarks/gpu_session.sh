@@ -48,7 +48,7 @@
 #                                          # the H200 still lacks: see README), SIGINT at LIMIT seconds (default 500)
 # QUANT_TREE=DIR runs the project from DIR (an export of a commit, e.g. .gpu-head) instead of the working tree.
 set -uo pipefail
-OUT=${OUT:-/tmp/quant-out}; mkdir -p "$OUT"
+OUT=${OUT:-/tmp/quant-out}; mkdir -p "$OUT"; T0=$(date +%s)
 ROOT=$(pwd); TREE=${QUANT_TREE:-$ROOT}
 [ -d "$TREE/pytest_quant/models/tiny" ] || cp -r "$ROOT/pytest_quant/models/tiny" "$TREE/pytest_quant/models/"
 rm -rf /tmp/site
@@ -101,6 +101,16 @@ PY
      --quant-recipes=reference-kv-int8,reference-kv-int4 --quant-eval-tokens=2048 --quant-decode-mode=eager \
      --quant-cache-dir=/tmp/qc -p no:cacheprovider --quant-report="$OUT/$2.json" -rA 2>&1 \
      | grep -v "^W12\|Loading" | tail -20) | tee "$OUT/$2.log"
+}
+
+run_gate() {  # $1: seconds at most; $2: a name for the logs; the rest: pytest arguments
+  local limit=$1 name=$2; shift 2
+  local s1=$(date +%s)
+  # SIGINT at the limit: pytest still prints its summary (-rA) and writes the report
+  timeout -s INT -k 20 "$limit" python3 -m pytest suites --quant-gpu --quant-cache-dir=/tmp/qc -p no:cacheprovider \
+    --tb=short -rA -o faulthandler_timeout=100 --quant-report="$OUT/$name.json" "$@" 2>&1 | grep -v "^W12\|Loading" > "$OUT/$name.log"
+  echo "$name: exit ${PIPESTATUS[0]}, wall $(( $(date +%s) - s1 )) s" | tee -a "$OUT/machine.txt"
+  grep -E "^(FAILED|ERROR)|pytest-quant: no baseline|passed|failed" "$OUT/$name.log" | tail -30
 }
 
 case "${1:-scale}" in
@@ -207,15 +217,6 @@ s3a|s3b|record)
   python3 -m compileall -q -j 16 /tmp/site > /dev/null 2>&1
   echo "compileall $(( $(date +%s) - s0 )) s; /tmp/qc $( [ -d /tmp/qc ] && du -sh /tmp/qc | cut -f1 || echo absent)" \
     | tee -a "$OUT/machine.txt"
-  run_gate() {  # $1: seconds at most; $2: a name for the logs; the rest: pytest arguments
-    local limit=$1 name=$2; shift 2
-    local s1=$(date +%s)
-    # SIGINT at the limit: pytest still prints its summary (-rA) and writes the report
-    timeout -s INT -k 20 "$limit" python3 -m pytest suites --quant-gpu --quant-cache-dir=/tmp/qc -p no:cacheprovider \
-      --tb=short -rA -o faulthandler_timeout=100 --quant-report="$OUT/$name.json" "$@" 2>&1 | grep -v "^W12\|Loading" > "$OUT/$name.log"
-    echo "$name: exit ${PIPESTATUS[0]}, wall $(( $(date +%s) - s1 )) s" | tee -a "$OUT/machine.txt"
-    grep -E "^(FAILED|ERROR)|pytest-quant: no baseline|passed|failed" "$OUT/$name.log" | tail -30
-  }
   if [ "$1" = record ]; then
     [ -n "${RECIPES:-}" ] || { echo "record: set RECIPES=comma,separated,recipes" >&2; exit 4; }
     run_gate "${LIMIT:-500}" record --snapshot-update --quant-recipes="$RECIPES"
@@ -322,5 +323,11 @@ vlm)  # issue 24 at a user-like size: memory of the whole model and its language
   timeout -k 15 480 python3 benchmarks/bench_vlm.py --gpu --shape user --limit 450 > "$OUT/vlm.md" 2> "$OUT/vlm.log"
   echo "vlm: exit $?, wall $(( $(date +%s) - s1 )) s" | tee -a "$OUT/machine.txt"
   cat "$OUT/vlm.md"; grep -E "pytest-quant: |passed|failed|Error" "$OUT/vlm.log" | tail -30
+  left=$(( 560 - ($(date +%s) - T0) ))  # what the call has left: the recipes of THEN_RECIPES recorded in it
+  if [ -n "${THEN_RECIPES:-}" ] && [ "$left" -gt 90 ]; then
+    python3 -m compileall -q -j 16 /tmp/site > /dev/null 2>&1
+    run_gate "$left" record --snapshot-update --quant-recipes="$THEN_RECIPES"
+    tar czf "$OUT/baselines-record.tgz" baselines/tiny/nvidia-h200
+  fi
   ;;
 esac
