@@ -79,6 +79,11 @@ def measure(args, recipe_name: str, warm: bool) -> dict:
                       "compile_cache": t.compile_cache, "fallback_reason": t.fallback_reason,
                       "roofline_fraction": roofline_fraction(t.decode_tokens_per_s, footprint, bandwidth),
                       "left_after_decode_bytes": release(device) - before - (tracker.resident_bytes or 0)}
+        if asked == "compiled":  # where the compile's seconds went (dynamo's phases) and which caches hit
+            from torch._dynamo.utils import compile_times, counters
+
+            row[asked]["compile_phases"] = compile_times(repr="str", aggregate=True)
+            row[asked]["cache_counters"] = {group: dict(counters[group]) for group in ("inductor", "aot_autograd")}
         print(f"{recipe_name} {row['pass']} {asked}: {row[asked]}", flush=True)
     vram = tracker.read(loaded.model)
     row.update(resident_bytes=vram.resident_bytes, model_device_bytes=vram.model_device_bytes,

@@ -114,7 +114,7 @@ run_gate() {  # $1: seconds at most; $2: a name for the logs; the rest: pytest a
 }
 
 case "${1:-scale}" in
-decode4|decode8b|s3c|s3d)
+decode4|decode8b|s3c|s3d|s4d)
   s0=$(date +%s)
   python3 -m compileall -q -j 16 /tmp/site > /dev/null 2>&1
   echo "compileall $(( $(date +%s) - s0 )) s" | tee -a "$OUT/machine.txt"
@@ -128,7 +128,13 @@ decode4|decode8b|s3c|s3d)
     grep -E "^(PASSED|FAILED|ERROR)|passed|failed" "$OUT/s3c-fp8.log" | tail -14
     tar czf "$OUT/baselines-s3c.tgz" baselines/tiny/nvidia-h200
   fi
-  if [ "$1" = s3d ]; then  # what s3c's 345 s left: torchao-int8wo's warm compile beside its cold one
+  if [ "$1" = s4d ]; then  # where int8wo's warm compile goes (dynamo's phases, cache counters); modelopt-fp8's release
+    timeout 250 python3 benchmarks/bench_decode_modes.py --recipes torchao-int8wo --passes cold,warm \
+      --inductor-dir /tmp/inductor --json "$OUT/modes-s4d.json" 2>&1 | grep -v "^{\|^W12" | tail -8
+    timeout 110 python3 -m pytest tests/test_gpu.py -m "slow or not slow" -q -s -p no:cacheprovider --quant-gpu \
+      -W ignore::FutureWarning -k "holds_its_model and modelopt-fp8" 2>&1 | grep -v "^W12" > "$OUT/modelopt-release.log"
+    grep -E "resident|still allocated| <- |passed|failed" "$OUT/modelopt-release.log" | tail -30
+  elif [ "$1" = s3d ]; then  # what s3c's 345 s left: torchao-int8wo's warm compile beside its cold one
     timeout 200 python3 benchmarks/bench_decode_modes.py --recipes torchao-int8wo --passes cold,warm \
       --inductor-dir /tmp/inductor --json "$OUT/modes-s3d.json" 2>&1 | grep -v "^{\|^W12" | tail -8
   elif [ "$1" != decode8b ]; then
