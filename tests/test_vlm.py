@@ -107,3 +107,23 @@ def test_images_ini_twin_is_checked_and_needs_a_model_that_takes_images(pytester
     result = pytester.runpytest(*FAST)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--quant-images pictures: none of the models takes images (tiny: *"])
+
+
+def test_its_decode_is_timed_in_the_mode_asked_with_the_image_in_the_prefill(pytester: pytest.Pytester,
+                                                                             vlm: Path) -> None:
+    # a vision-language model's decode steps are its language model's (the image is in the KV cache after the
+    # prefill): compiled as a text model's are, not silently eager (on CPU, "compiled" is the step compiled)
+    pytester.makepyfile(test_speed="""
+import pytest
+
+@pytest.mark.tokens_per_second(min=0.1)
+def test_decode(quant_model):
+    assert quant_model.model is not None
+""")
+    report = pytester.path / "report.json"
+    result = pytester.runpytest(*FAST, f"--quant-model={vlm}", "--quant-recipes=reference", "--quant-decode-mode=compiled",
+                                f"--quant-report={report}")
+    result.assert_outcomes(passed=1)
+    (row,) = json.loads(report.read_text())["results"]
+    assert row["decode_mode"] == "compiled" and row.get("fallback_reason") is None
+    assert row["decode_tokens_per_s"] > 0

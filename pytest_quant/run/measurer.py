@@ -124,9 +124,9 @@ class Measurer:
     def _throughput(self, live: LiveModel, batch: int, every_mode: bool) -> None:
         """Decode timed in the pair's mode; the reference also in every mode below it, so that a recipe that
         falls back (or pins a lower mode) is compared with the reference timed the same way."""
-        from ..measure.throughput import CHAIN, EAGER
+        from ..measure.throughput import CHAIN
 
-        mode = EAGER if is_image_text_to_text(live.pair.model.path) else decode_mode_of(live.pair.recipe, self._settings)
+        mode = decode_mode_of(live.pair.recipe, self._settings)
         throughput, timing_s = self._time(live, batch, mode)
         if every_mode and not self._settings.sharded and throughput.decode_mode in CHAIN:  # llama.cpp: its own mode
             ran = CHAIN.index(throughput.decode_mode)
