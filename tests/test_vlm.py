@@ -61,7 +61,7 @@ def test_the_seeds_example_gates_a_vision_language_model(pytester: pytest.Pytest
         "*ValueError: recipe nf4-bad-skip: llm_int8_skip_modules: 'multi_modal_projector' matches no module (write "
         "'model.multi_modal_projector') among the linear layers of LlavaForConditionalGeneration*",
         "SKIPPED * recipe torch-dynamic-int8: backend torch_dynamic loads causal language models only; tiny-vlm is an "
-        "image-text-to-text model (reference, bitsandbytes and torchao recipes gate it)"], consecutive=False)
+        "image-text-to-text model (reference, bitsandbytes, torchao and gptqmodel recipes gate it)"], consecutive=False)
     header = next(line for line in result.stdout.lines if line.startswith("model "))
     assert "LM part" in header
     rows = {r["recipe"]: r for r in json.loads(report.read_text())["results"]}
@@ -127,3 +127,22 @@ def test_decode(quant_model):
     (row,) = json.loads(report.read_text())["results"]
     assert row["decode_mode"] == "compiled" and row.get("fallback_reason") is None
     assert row["decode_tokens_per_s"] > 0
+
+
+def test_gptq_and_awq_quantize_its_language_model_and_keep_the_rest(pytester: pytest.Pytester, vlm: Path) -> None:
+    pytest.importorskip("gptqmodel")
+    pytester.makepyfile(test_seed=SEED_TEST)
+    report = pytester.path / "report.json"
+    result = pytester.runpytest(*FAST, f"--quant-model={vlm}", f"--quant-report={report}",
+                                "--quant-recipes=reference,gptq-w4g128,awq-w4g128")
+    result.assert_outcomes(passed=3)
+    rows = {r["recipe"]: r for r in json.loads(report.read_text())["results"]}
+    reference = rows["reference"]
+    outside = reference["vram_resident_bytes"] - reference["vram_language_bytes"]  # tower and projector
+    for name, kernel in (("gptq-w4g128", "TorchLinear"), ("awq-w4g128", "AwqTorchLinear")):
+        row = rows[name]
+        assert row["kernel"] == kernel  # the language model's layers only: the rest are torch's own Linear
+        # GPTQModel quantizes the decoder's layers; the vision tower and the projector are kept as they were
+        assert row["vram_resident_bytes"] - row["vram_language_bytes"] == pytest.approx(outside, rel=0.01)
+        assert row["vram_language_bytes"] < 0.5 * reference["vram_language_bytes"]
+        assert row["mean_kl_nats"] > 0 and row["generation_sample"]["output"]

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 from ..models import read_config  # noqa: F401 - kept importable from here too
+from ..models.vision import is_image_text_to_text
 
 # What loading a pre-quantized checkpoint of each method needs installed (import names).
 REQUIRES_BY_METHOD: dict[str, tuple[str, ...]] = {
@@ -41,14 +42,12 @@ def load_checkpoint(path: Path, device: str, kernel: str | None = None, dtype=No
                     trust_remote_code: bool = False, **load_options):
     """Load a quantized checkpoint folder with transformers, with an explicit kernel for GPTQ and AWQ, onto
     ``device`` (or spread by ``device_map="auto"``); ``trust_remote_code`` is passed to transformers as given."""
-    from transformers import AutoModelForCausalLM
-
-    from .common import default_dtype
+    from .common import default_dtype, pretrained_class
 
     method = quantization_method(path)
     if method is None:
         raise ValueError(f"{path}: config.json has no quantization_config, so it is not a quantized checkpoint")
-    config = None
+    config = model_config = None
     if method in ("gptq", "awq"):
         from transformers import AwqConfig, GPTQConfig
 
@@ -66,6 +65,8 @@ def load_checkpoint(path: Path, device: str, kernel: str | None = None, dtype=No
         config.backend = AWQ_CONFIG_NAMES.get(kernel, kernel) if method == "awq" else kernel
         for name, value in load_options.items():
             setattr(config, name, value)
+        if method == "awq" and is_image_text_to_text(Path(path)) and saved.get("modules_to_not_convert") is None:
+            model_config = unconverted_parts_named(Path(path), trust_remote_code)
     elif method == "compressed-tensors":
         from .compressed_tensors import load_folder
 
@@ -77,9 +78,24 @@ def load_checkpoint(path: Path, device: str, kernel: str | None = None, dtype=No
     with warnings.catch_warnings():
         # "You passed `quantization_config` ... loading attributes will be overwritten": that is the point.
         warnings.filterwarnings("ignore", message="You passed `quantization_config`")
-        model = AutoModelForCausalLM.from_pretrained(
+        model = pretrained_class(Path(path)).from_pretrained(
             path, device_map=device_map or device, dtype=dtype, trust_remote_code=trust_remote_code,
-            **({"quantization_config": config} if config is not None else {})
+            **({"quantization_config": config} if config is not None else {}),
+            **({"config": model_config} if model_config is not None else {})
         )
     model.eval()
     return model, method, kernel
+
+
+def unconverted_parts_named(path: Path, trust_remote_code: bool = False):
+    """The config of an AWQ checkpoint of an image-text-to-text model, its ``modules_to_not_convert`` naming the parts
+    outside the language model. GPTQModel quantizes the language model only and saves no such list, so transformers
+    would turn the vision tower's and projector's linear layers into AWQ layers with no weights to load (and refuse
+    the tower's widths that the group size does not divide)."""
+    from transformers import AutoConfig
+
+    from .common import non_language_modules
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    config.quantization_config["modules_to_not_convert"] = non_language_modules(path, trust_remote_code)
+    return config

@@ -62,3 +62,27 @@ def pretrained_class(model_path: Path):
 def load_pretrained(model_path: Path, trust_remote_code: bool = False, **kwargs):
     """``from_pretrained`` of the folder's Auto class, ``trust_remote_code`` passed explicitly."""
     return pretrained_class(model_path).from_pretrained(model_path, trust_remote_code=trust_remote_code, **kwargs)
+
+
+def non_language_modules(model_path: Path, trust_remote_code: bool = False) -> list[str]:
+    """The runtime names of an image-text-to-text model's parts outside its language model that hold linear layers
+    (LLaVA: ``model.vision_tower``, ``model.multi_modal_projector``, ``lm_head``), found on a meta-device skeleton
+    built from the folder's config: what a language-model quantizer (GPTQModel's GPTQ and AWQ) leaves unquantized,
+    and what transformers must then not convert when it loads the checkpoint."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = pretrained_class(model_path).from_config(config, trust_remote_code=trust_remote_code)
+    decoder = model.get_decoder()
+    decoder_name = next(name for name, module in model.named_modules() if module is decoder)
+    parts, prefix = [], ""
+    for step in decoder_name.split("."):  # the siblings of the decoder and of each of its ancestors
+        parent = model.get_submodule(prefix)
+        for child_name, child in parent.named_children():
+            full = f"{prefix}.{child_name}" if prefix else child_name
+            if child_name != step and any(isinstance(m, torch.nn.Linear) for m in child.modules()):
+                parts.append(full)
+        prefix = f"{prefix}.{step}" if prefix else step
+    return parts

@@ -13,7 +13,7 @@ from ..models.vision import is_image_text_to_text
 from .live import LiveModel
 
 ANSWER_TOKENS = 32  # the reference's greedy answer to each image prompt: the tokens KL and perplexity are taken over
-VISION_BACKENDS_HINT = "reference, bitsandbytes and torchao recipes gate it"
+VISION_BACKENDS_HINT = "reference, bitsandbytes, torchao and gptqmodel recipes gate it"
 
 
 def vision_reason(pair, backend, is_vision: bool) -> str | None:
