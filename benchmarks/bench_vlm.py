@@ -66,7 +66,7 @@ def write_images(folder: Path) -> Path:
     return folder / "images.jsonl"
 
 
-def run(shape: str, gpu: bool, limit_s: float | None = None) -> dict:
+def run(shape: str, gpu: bool, limit_s: float | None = None, recipes: str = RECIPE_NAMES) -> dict:
     from pytest_quant.models.build_vlm import build_vlm
 
     work = Path(tempfile.mkdtemp(prefix="bench-vlm-"))
@@ -78,7 +78,7 @@ def run(shape: str, gpu: bool, limit_s: float | None = None) -> dict:
     (work / "pyproject.toml").write_text(RECIPES)
     report = work / "report.json"
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(work / "test_seed.py"),
-               f"--quant-model={model}", f"--quant-recipes={RECIPE_NAMES}", f"--quant-images={images}",
+               f"--quant-model={model}", f"--quant-recipes={recipes}", f"--quant-images={images}",
                f"--quant-report={report}", f"--quant-cache-dir={work / 'cache'}"] + (["--quant-gpu"] if gpu else [])
     start = time.perf_counter()
     log = open(work / "pytest.log", "w+")
@@ -94,7 +94,7 @@ def run(shape: str, gpu: bool, limit_s: float | None = None) -> dict:
     if not report.is_file():
         raise SystemExit(f"no report: pytest exited {code}")
     rows = {r["recipe"]: r for r in json.loads(report.read_text())["results"]}
-    return {"rows": rows, "exit": code, "built_s": built_s, "wall_s": wall_s, "shape": shape}
+    return {"rows": rows, "exit": code, "built_s": built_s, "wall_s": wall_s, "shape": shape, "recipes": recipes}
 
 
 def mib(value) -> str:
@@ -112,11 +112,12 @@ def print_markdown(found: dict) -> None:
     print("| recipe | whole model | language part | NVML process | decode tok/s (image in prefill) | prefill tok/s | "
           f"{N_ANSWERS} answers (s) | tokens generated | mean KL (nats) | top-1 % | answers equal % | result |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
-    for name in RECIPE_NAMES.split(","):
+    for name in found["recipes"].split(","):
         r = rows.get(name, {})
         print(f"| {name} | {mib(r.get('vram_resident_bytes'))} | {mib(r.get('vram_language_bytes'))} | "
               f"{mib(r.get('nvml_process_bytes'))} | "
-              f"{fmt(r.get('decode_tokens_per_s'), '.1f')} | {fmt(r.get('prefill_tokens_per_s'), '.1f')} | "
+              f"{fmt(r.get('decode_tokens_per_s'), '.1f')} ({r.get('decode_mode', '-')}) | "
+              f"{fmt(r.get('prefill_tokens_per_s'), '.1f')} | "
               f"{fmt(r.get('generation_s'), '.2f')} | {r.get('generation_tokens', '-')} | "
               f"{fmt(r.get('mean_kl_nats'), '.6f')} | {fmt(r.get('top1_agreement_percent'), '.2f')} | "
               f"{fmt(r.get('generation_exact_match_percent'), '.0f')} | {r.get('result', '-')} |")
@@ -125,10 +126,11 @@ def print_markdown(found: dict) -> None:
         print(f"\nnf4 KL {nf4:.6f} > int8 KL {int8:.6f} > 0: {nf4 > int8 > 0}")
     print("\nBefore/after (first prompt, first tokens):\n")
     print("| recipe | prompt | answer |\n| --- | --- | --- |")
-    sample = rows.get("bnb-nf4-vlm", {}).get("generation_sample") or {}
+    sample = next((rows[n]["generation_sample"] for n in found["recipes"].split(",")[1:]
+                   if (rows.get(n) or {}).get("generation_sample")), {})
     if sample:
         print(f"| reference | {sample['prompt']} | {sample['reference']} |")
-    for name in ("bnb-nf4-vlm", "bnb-int8"):
+    for name in found["recipes"].split(",")[1:]:
         s = rows.get(name, {}).get("generation_sample") or {}
         if s:
             print(f"| {name} | {s['prompt']} | {s['output']} |")
@@ -140,8 +142,11 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="run with --quant-gpu")
     parser.add_argument("--limit", type=float, default=None,
                         help="seconds for the whole run: pytest is interrupted (SIGINT) then, keeping its report")
+    parser.add_argument("--recipes", default=RECIPE_NAMES, help=f"the reference first (default {RECIPE_NAMES})")
     args = parser.parse_args()
-    print_markdown(run(args.shape, args.gpu, args.limit))
+    if args.recipes.split(",")[0] != "reference":
+        parser.error(f"--recipes {args.recipes!r}: the first must be reference (the answers' and the ratios' base)")
+    print_markdown(run(args.shape, args.gpu, args.limit, args.recipes))
 
 
 if __name__ == "__main__":
