@@ -43,6 +43,9 @@
 #                                          # the projector and head skipped, LLM.int8 on ten image prompts (pytest stopped
 #                                          # by SIGINT at 450 s, keeping its report). Needs pillow importable there (if
 #                                          # the image lacks it: EXTRA="pillow==13.0.0" bash ../shared/gpu/wheelhouse.sh)
+#   GROUP=1|2|3|4 bash benchmarks/gpu_session.sh gategroup  # the shipped gate against the committed H200 baselines,
+#                                          # cold then warm, one group of the GPU recipes a call (see the mode)
+#   bash benchmarks/gpu_session.sh s4d     # where torchao-int8wo's warm compile goes; modelopt-fp8's release at 1.1B
 #   RECIPES=a,b LIMIT=500 bash benchmarks/gpu_session.sh record
 #                                          # the shipped gate cold with --snapshot-update for those recipes only (what
 #                                          # the H200 still lacks: see README), SIGINT at LIMIT seconds (default 500)
@@ -244,6 +247,24 @@ s3a|s3b|record)
     tar czf "$OUT/baselines-s3b.tgz" baselines/tiny/nvidia-h200
     kv_1b 200 kv-1b
   fi
+  ;;
+gategroup)  # issue 19: the shipped gate against the committed H200 baselines, cold then warm (same /tmp/qc, same
+           # call), one group of GPU recipes a call (the whole gate cold and warm does not fit one 600 s call):
+           # GROUP=1 torchao-int8dq (its eager decode times 246 s) with the reference; GROUP=2 bitsandbytes, GPTQ,
+           # AWQ, the KV caches; GROUP=3 the other torchao recipes; GROUP=4 ModelOpt and compressed-tensors
+  case "${GROUP:-}" in
+  1) recipes=reference,torchao-int8dq ;;
+  2) recipes=reference,bnb-nf4,bnb-fp4,bnb-nf4-dq,bnb-int8,gptq-w4g128,gptq-w8g128,awq-w4g128,reference-kv-int8,reference-kv-int4,reference-kv-int2,bnb-nf4-kv-int8,bnb-nf4-kv-int4,bnb-nf4-kv-int2 ;;
+  3) recipes=reference,torchao-int8wo,torchao-int4wo-g128,torchao-fp8,torchao-nvfp4,torchao-mxfp4 ;;
+  4) recipes=reference,modelopt-fp8,modelopt-int4-awq,modelopt-nvfp4,ct-w4a16-g128,ct-w8a8-int8,ct-fp8-dynamic ;;
+  *) echo "gategroup: set GROUP=1, 2, 3 or 4" >&2; exit 4 ;;
+  esac
+  rm -rf /tmp/qc
+  python3 -m compileall -q -j 16 /tmp/site > /dev/null 2>&1
+  run_gate "${COLD:-380}" "cold-$GROUP" --quant-recipes="$recipes"  # cold: about 360 s for group 2 (2026-12-01)
+  left=$(( 570 - ($(date +%s) - T0) ))
+  run_gate "$left" "warm-$GROUP" --quant-recipes="$recipes"
+  python3 benchmarks/bench_gate_time.py --show "$OUT/cold-$GROUP.json" "$OUT/warm-$GROUP.json" > "$OUT/phases-$GROUP.txt" 2>&1
   ;;
 issue22)
   python3 -c "import compressed_tensors, hqq" || { echo "issue22: compressed-tensors or hqq missing from .whl" >&2; exit 1; }
