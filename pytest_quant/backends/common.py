@@ -75,8 +75,13 @@ def non_language_modules(model_path: Path, trust_remote_code: bool = False) -> l
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         model = pretrained_class(model_path).from_config(config, trust_remote_code=trust_remote_code)
-    decoder = model.get_decoder()
-    decoder_name = next(name for name, module in model.named_modules() if module is decoder)
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    decoder_name = next((name for name, module in model.named_modules() if module is decoder and name), None)
+    if decoder_name is None:
+        raise ValueError(f"{model_path}: {type(model).__name__} names no language model of its own (get_decoder), so "
+                         "the parts outside it are unknown: list them in its quantization_config's "
+                         "modules_to_not_convert")
     parts, prefix = [], ""
     for step in decoder_name.split("."):  # the siblings of the decoder and of each of its ancestors
         parent = model.get_submodule(prefix)
