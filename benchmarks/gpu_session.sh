@@ -347,7 +347,7 @@ vlm)  # issue 24 at a user-like size: memory of the whole model and its language
   python3 -m compileall -q -j 16 /tmp/site > /dev/null 2>&1  # imports in the benchmark's pytest child: compile once
   echo "compileall $(( $(date +%s) - s0 )) s" | tee -a "$OUT/machine.txt"
   s1=$(date +%s)  # the install and compileall above took part of the call's 600 s: 450 s for the run, SIGINT then
-  timeout -k 15 480 python3 benchmarks/bench_vlm.py --gpu --shape user --limit 450 \
+  timeout -k 15 $(( ${VLM_LIMIT:-450} + 30 )) python3 benchmarks/bench_vlm.py --gpu --shape user --limit "${VLM_LIMIT:-450}" \
     --recipes "${VLM_RECIPES:-reference,bnb-nf4-vlm,bnb-int8,gptq-w4g128}" > "$OUT/vlm.md" 2> "$OUT/vlm.log"
   echo "vlm: exit $?, wall $(( $(date +%s) - s1 )) s" | tee -a "$OUT/machine.txt"
   cat "$OUT/vlm.md"; grep -E "pytest-quant: |passed|failed|Error" "$OUT/vlm.log" | tail -30
