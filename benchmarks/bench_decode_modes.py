@@ -79,10 +79,12 @@ def measure(args, recipe_name: str, warm: bool) -> dict:
                       "compile_cache": t.compile_cache, "fallback_reason": t.fallback_reason,
                       "roofline_fraction": roofline_fraction(t.decode_tokens_per_s, footprint, bandwidth),
                       "left_after_decode_bytes": release(device) - before - (tracker.resident_bytes or 0)}
-        if asked == "compiled":  # where the compile's seconds went (dynamo's phases) and which caches hit
-            from torch._dynamo.utils import compile_times, counters
+        if asked == "compiled":  # where the compile's seconds went (dynamo's phases; compile_s less dynamo's
+            # _compile.compile_inner is the first run: autotuning, the graph's capture) and which caches hit
+            from torch._dynamo.utils import compilation_time_metrics, counters
 
-            row[asked]["compile_phases"] = compile_times(repr="str", aggregate=True)
+            phases = {name: round(sum(seconds), 2) for name, seconds in compilation_time_metrics.items()}
+            row[asked]["compile_phases"] = dict(sorted(phases.items(), key=lambda kv: -kv[1])[:14])
             row[asked]["cache_counters"] = {group: dict(counters[group]) for group in ("inductor", "aot_autograd")}
         print(f"{recipe_name} {row['pass']} {asked}: {row[asked]}", flush=True)
     vram = tracker.read(loaded.model)
@@ -95,14 +97,28 @@ def measure(args, recipe_name: str, warm: bool) -> dict:
 
 
 def child(args, recipe: str, warm: bool) -> dict:
+    """One recipe and pass in a fresh process; its per-mode lines are printed as they come (a call cut by the
+    device's limit keeps what was measured), its last JSON line is the row."""
+    import threading
+
     command = [sys.executable, __file__, "--child", f"{recipe}:{int(warm)}", *forwarded(args)]
     start = time.perf_counter()
-    out = subprocess.run(command, capture_output=True, text=True, timeout=args.child_timeout)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode != 0 or not lines:
-        tail = (out.stderr or out.stdout).strip().splitlines()[-4:]
-        return {"recipe": recipe, "pass": "warm" if warm else "cold", "error": " | ".join(tail)}
-    row = json.loads(lines[-1])
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    timer = threading.Timer(args.child_timeout, proc.kill)
+    timer.start()
+    rows, tail = [], []
+    for line in proc.stdout:
+        if line.startswith("{"):
+            rows.append(line)
+        else:
+            tail = (tail + [line.rstrip()])[-4:]
+            if line.startswith(f"{recipe} "):
+                print(line.rstrip(), flush=True)
+    code = proc.wait()
+    timer.cancel()
+    if code != 0 or not rows:
+        return {"recipe": recipe, "pass": "warm" if warm else "cold", "error": f"exit {code}: " + " | ".join(tail)}
+    row = json.loads(rows[-1])
     row["process_s"] = time.perf_counter() - start
     return row
 

@@ -46,6 +46,8 @@
 #   GROUP=1|2|3|4 bash benchmarks/gpu_session.sh gategroup  # the shipped gate against the committed H200 baselines,
 #                                          # cold then warm, one group of the GPU recipes a call (see the mode)
 #   bash benchmarks/gpu_session.sh s4d     # where torchao-int8wo's warm compile goes; modelopt-fp8's release at 1.1B
+#   bash benchmarks/gpu_session.sh s5a     # reference, nf4, int8wo, gptq cold then warm in one run (the compile's total
+#                                          # saving, phases, cache counters); modelopt-fp8's release at 1.1B
 #   RECIPES=a,b LIMIT=500 bash benchmarks/gpu_session.sh record
 #                                          # the shipped gate cold with --snapshot-update for those recipes only (what
 #                                          # the H200 still lacks: see README), SIGINT at LIMIT seconds (default 500)
@@ -117,7 +119,7 @@ run_gate() {  # $1: seconds at most; $2: a name for the logs; the rest: pytest a
 }
 
 case "${1:-scale}" in
-decode4|decode8b|s3c|s3d|s4d)
+decode4|decode8b|s3c|s3d|s4d|s5a)
   s0=$(date +%s)
   python3 -m compileall -q -j 16 /tmp/site > /dev/null 2>&1
   echo "compileall $(( $(date +%s) - s0 )) s" | tee -a "$OUT/machine.txt"
@@ -131,10 +133,15 @@ decode4|decode8b|s3c|s3d|s4d)
     grep -E "^(PASSED|FAILED|ERROR)|passed|failed" "$OUT/s3c-fp8.log" | tail -14
     tar czf "$OUT/baselines-s3c.tgz" baselines/tiny/nvidia-h200
   fi
-  if [ "$1" = s4d ]; then  # where int8wo's warm compile goes (dynamo's phases, cache counters); modelopt-fp8's release
-    timeout 250 python3 benchmarks/bench_decode_modes.py --recipes torchao-int8wo --passes cold,warm \
-      --inductor-dir /tmp/inductor --json "$OUT/modes-s4d.json" 2>&1 | grep -v "^{\|^W12" | tail -8
-    timeout 110 python3 -m pytest tests/test_gpu.py -m "slow or not slow" -q -s -p no:cacheprovider --quant-gpu \
+  if [ "$1" = s4d ] || [ "$1" = s5a ]; then  # s5a: the four recipes cold then warm in one run (the compile's total
+    # saving), dynamo's phases and cache counters per row; then modelopt-fp8's release (s4d: int8wo alone)
+    if [ "$1" = s5a ]; then recipes=torchao-int8wo,reference,bnb-nf4,gptq-w4g128 limit=470; else
+      recipes=torchao-int8wo limit=250; fi
+    timeout "$limit" python3 benchmarks/bench_decode_modes.py --recipes "$recipes" --passes cold,warm \
+      --inductor-dir /tmp/inductor --json "$OUT/modes-$1.json" 2>&1 | grep -v "^{\|^W12" | tee "$OUT/modes-$1.log" \
+      | grep -v "^[a-z0-9-]* \(cold\|warm\) " | tail -12
+    grep "^[a-z0-9-]* \(cold\|warm\) " "$OUT/modes-$1.log" | cut -c1-300
+    timeout 95 python3 -m pytest tests/test_gpu.py -m "slow or not slow" -q -s -p no:cacheprovider --quant-gpu \
       -W ignore::FutureWarning -k "holds_its_model and modelopt-fp8" 2>&1 | grep -v "^W12" > "$OUT/modelopt-release.log"
     grep -E "resident|still allocated| <- |passed|failed" "$OUT/modelopt-release.log" | tail -30
   elif [ "$1" = s3d ]; then  # what s3c's 345 s left: torchao-int8wo's warm compile beside its cold one

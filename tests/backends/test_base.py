@@ -10,7 +10,7 @@ import weakref
 
 import pytest
 
-from pytest_quant.backends.base import drop_import_tracebacks
+from pytest_quant.backends.base import drop_import_tracebacks, import_off_stack
 
 
 class Model:
@@ -41,6 +41,42 @@ def test_a_kept_import_error_holds_the_callers_model_until_its_traceback_is_drop
     gc.collect()
     assert model() is None
     assert str(library._IMPORT_ERROR) == "No module named 'llama_cpp'"  # the message stays
+
+
+_KEEPS_ITS_ERROR_IN_A_CLASS = """
+class Solver:  # as PuLP's COPT_DLL keeps the error of a missing DLL, imported by ModelOpt 0.47
+    try:
+        open(None)
+    except Exception as e:
+        err = e
+"""
+
+
+@pytest.mark.parametrize("off_stack", [False, True])
+def test_a_library_imported_off_the_stack_keeps_no_frame_of_the_load_that_imported_it(off_stack, tmp_path,
+                                                                                       monkeypatch) -> None:
+    name = f"solverlib_{int(off_stack)}"
+    (tmp_path / f"{name}.py").write_text(_KEEPS_ITS_ERROR_IN_A_CLASS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+
+    def load():
+        if off_stack:
+            import_off_stack(name)
+        __import__(name)  # a plain first import inside load, as a backend's load does
+        model = Model()
+        return model
+
+    model = weakref.ref(load())
+    gc.collect()
+    assert (model() is None) is off_stack  # imported in load: kept by Solver.err's traceback; off the stack: freed
+    assert isinstance(sys.modules[name].Solver.err, TypeError)
+
+
+def test_import_off_stack_raises_a_missing_modules_error_in_the_caller() -> None:
+    with pytest.raises(ModuleNotFoundError, match="no_such_library_xyz"):
+        import_off_stack("json", "no_such_library_xyz")
+    assert "json" in sys.modules
 
 
 def test_cpu_settings_refuses_another_device_then_merges_and_validates() -> None:
