@@ -13,6 +13,14 @@ process, which made the next recipes' compiles take minutes (torchao-nvfp4 188 s
 H200 after torchao-fp8's load) and their figures depend on what ran before them. ``changes_undone`` puts the
 settings back after a load and returns what the library set; ``applied`` sets it again only while that
 recipe's own decode step compiles.
+
+torch before 2.12 forgets a warm cache's coordinate-descent result: a graph loaded from the FX graph cache
+brings its kernels as statically launched autotuners, and their recheck of the autotuning cache keeps a cached
+best config only for kernels that had several, so every one-config kernel is tuned again (torchao-int8wo at the
+1.1B shape on the H200, torch 2.11: 424 tuning benchmarks cold, a warm compile of 68 s against 116 s cold; fixed
+in 2.12's ``recheck_autotune_cache``). ``applied`` therefore turns the static launcher off while such a compile
+runs with coordinate-descent tuning on: the kernels then load through the path that reads the cached best
+config. The decode step is replayed as a CUDA graph, so how its kernels are launched costs it nothing.
 """
 
 from __future__ import annotations
@@ -80,9 +88,34 @@ def changes_undone(before: dict[str, Any]) -> dict[str, Any]:
     return changed
 
 
+STATIC_LAUNCHER_RECHECK_FIXED = (2, 12)  # the torch release whose recheck keeps a one-config kernel's tuning
+
+
+def torch_release() -> tuple[int, int]:
+    import torch
+
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+def with_warm_cache_fix(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """``settings`` plus ``use_static_cuda_launcher = False`` where torch (< 2.12) would tune again, on a warm
+    cache, what coordinate-descent tuning (on in ``settings`` or process-wide) already found."""
+    import torch._inductor.config as inductor_config
+
+    merged = dict(settings or {})
+    tuning = merged.get("coordinate_descent_tuning", inductor_config.coordinate_descent_tuning)
+    static = merged.get("use_static_cuda_launcher", getattr(inductor_config, "use_static_cuda_launcher", False))
+    if tuning and static and torch_release() < STATIC_LAUNCHER_RECHECK_FIXED:
+        merged["use_static_cuda_launcher"] = False
+    return merged
+
+
 @contextmanager
 def applied(settings: dict[str, Any] | None) -> Iterator[None]:
-    """Inductor's settings with ``settings`` on top for the block (nothing done for none)."""
+    """Inductor's settings with ``settings`` on top for the block, and the warm-cache fix where this torch needs
+    it (``with_warm_cache_fix``); nothing done for neither."""
+    settings = with_warm_cache_fix(settings)
     if not settings:
         yield
         return

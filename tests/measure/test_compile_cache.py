@@ -60,3 +60,34 @@ def test_measure_throughput_compiles_under_the_recipes_own_settings(inductor_con
         throughput.measure_throughput(torch.nn.Linear(2, 2), [1, 2], decode_tokens=2, repeats=1, warmup_runs=0,
                                       mode="compiled", compile_settings={"coordinate_descent_tuning": not tuning})
     assert seen == [not tuning] and inductor_config.coordinate_descent_tuning is tuning
+
+
+@pytest.mark.parametrize("release, tuning, static, off", [
+    ((2, 11), True, True, True),  # the H200's torch: its warm recheck would tune every one-config kernel again
+    ((2, 11), False, True, False),  # no coordinate-descent tuning: nothing cached to lose
+    ((2, 11), True, False, False),  # the static launcher already off
+    ((2, 12), True, True, False),  # fixed in 2.12
+    ((2, 14), True, True, False),
+])
+def test_the_static_launcher_is_off_while_a_tuned_compile_runs_on_a_torch_that_forgets_its_tuning(
+        inductor_config, monkeypatch, release, tuning, static, off) -> None:
+    from pytest_quant.measure import compile_cache
+
+    monkeypatch.setattr(compile_cache, "torch_release", lambda: release)
+    inductor_config.use_static_cuda_launcher = static
+    inductor_config.coordinate_descent_tuning = False
+    settings = {"coordinate_descent_tuning": True} if tuning else {}
+    assert ("use_static_cuda_launcher" in compile_cache.with_warm_cache_fix(settings)) is off
+    with compile_cache.applied(settings):
+        assert inductor_config.use_static_cuda_launcher is (static and not off)
+        assert inductor_config.coordinate_descent_tuning is tuning
+    assert inductor_config.use_static_cuda_launcher is static and inductor_config.coordinate_descent_tuning is False
+    inductor_config.coordinate_descent_tuning = tuning  # on process-wide (a library's load not undone: benchmarks)
+    with compile_cache.applied({}):
+        assert inductor_config.use_static_cuda_launcher is (static and not off)
+
+
+def test_torch_release_reads_this_torchs_version() -> None:
+    from pytest_quant.measure.compile_cache import torch_release
+
+    assert torch_release() == tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
