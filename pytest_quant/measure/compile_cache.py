@@ -20,7 +20,8 @@ best config only for kernels that had several, so every one-config kernel is tun
 1.1B shape on the H200, torch 2.11: 424 tuning benchmarks cold, a warm compile of 68 s against 116 s cold; fixed
 in 2.12's ``recheck_autotune_cache``). ``applied`` therefore turns the static launcher off while such a compile
 runs with coordinate-descent tuning on: the kernels then load through the path that reads the cached best
-config. The decode step is replayed as a CUDA graph, so how its kernels are launched costs it nothing.
+config (int8wo, same machine and run: 45.9 s warm against 171.5 s cold, 63 tuning benchmarks instead of 445).
+The decode step is replayed as a CUDA graph, so how its kernels are launched costs it nothing.
 """
 
 from __future__ import annotations
