@@ -143,6 +143,6 @@ def test_gptq_and_awq_quantize_its_language_model_and_keep_the_rest(pytester: py
         row = rows[name]
         assert row["kernel"] == kernel  # the language model's layers only: the rest are torch's own Linear
         # GPTQModel quantizes the decoder's layers; the vision tower and the projector are kept as they were
-        assert row["vram_resident_bytes"] - row["vram_language_bytes"] == pytest.approx(outside, rel=0.01)
+        assert row["vram_resident_bytes"] - row["vram_language_bytes"] == outside  # each storage counted once
         assert row["vram_language_bytes"] < 0.5 * reference["vram_language_bytes"]
         assert row["mean_kl_nats"] > 0 and row["generation_sample"]["output"]

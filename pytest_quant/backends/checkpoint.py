@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..models import read_config  # noqa: F401 - kept importable from here too
 from ..models.vision import is_image_text_to_text
+from .base import attach_footprint
 
 # What loading a pre-quantized checkpoint of each method needs installed (import names).
 REQUIRES_BY_METHOD: dict[str, tuple[str, ...]] = {
@@ -84,6 +85,9 @@ def load_checkpoint(path: Path, device: str, kernel: str | None = None, dtype=No
             **({"config": model_config} if model_config is not None else {})
         )
     model.eval()
+    # transformers' get_memory_footprint counts each buffer, and GPTQModel's linears keep two views of one
+    # storage (wf_unsqueeze_zero, wf_unsqueeze_neg_one): 32 bytes counted twice per linear. Each storage once:
+    attach_footprint(model)
     return model, method, kernel
 
 
