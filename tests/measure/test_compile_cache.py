@@ -87,7 +87,10 @@ def test_the_static_launcher_is_off_while_a_tuned_compile_runs_on_a_torch_that_f
         assert inductor_config.use_static_cuda_launcher is (static and not off)
 
 
-def test_torch_release_reads_this_torchs_version() -> None:
+@pytest.mark.parametrize("version, release", [("2.11.0+cu130", (2, 11)), ("2.12.0a0+git1234", (2, 12)),
+                                              ("2.14.1", (2, 14)), ("3.0.0.dev20270101", (3, 0))])
+def test_torch_release_is_the_major_and_minor_of_torchs_version(monkeypatch, version, release) -> None:
     from pytest_quant.measure.compile_cache import torch_release
 
-    assert torch_release() == tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    monkeypatch.setattr(torch, "__version__", version)
+    assert torch_release() == release
