@@ -1,6 +1,6 @@
 """What backends that quantize a model in place share: naming the kernel that ran, and the bytes really stored
 (tensor subclasses and packed weights that ``get_memory_footprint`` miscounts); cutting the frames a
-library's stored import error keeps alive (or importing it off the caller's stack); the check that a recipe names only its backend's fields; the cached build of a quantized folder (GPTQModel's, AutoRound's); and the
+library's stored import error keeps alive (or importing the library off the caller's stack); the check that a recipe names only its backend's fields; the cached build of a quantized folder (GPTQModel's, AutoRound's); and the
 shell of a runtime that is no torch module (ONNX Runtime's session, llama.cpp's context) shaped like a causal LM.
 
 torchao swaps ``nn.Linear`` weights for tensor subclasses that report the float dtype, ``quantize_dynamic``
@@ -110,25 +110,23 @@ def drop_import_tracebacks(*packages: str) -> int:
     return cleared
 
 
-def import_off_stack(*modules: str) -> None:
-    """Import ``modules`` (a backend's library, before its ``load`` makes the model) in a short-lived thread.
+def off_stack(call: Callable[[], Any]) -> None:
+    """Run ``call`` (a library's first import) in a short-lived thread; what it raises is raised here.
 
     A library may keep an error from its own first import where no module global shows it: ModelOpt 0.47
     imports PuLP, whose ``COPT_DLL`` class keeps the ``TypeError`` of a missing solver DLL (``COPT_DLL.err``)
-    with its traceback. Imported from ``load``, that traceback's frames chain by ``f_back`` to ``load`` and
-    its callers, whose locals at return hold the model: 2048 MiB left after the release at the 1.1B shape on
-    the H200. Imported in a thread, the chain ends at the thread's own frames. An import error is raised
-    here, in the caller, as it would have been by a plain import.
+    with its traceback. Imported on the caller's stack, that traceback's frames chain by ``f_back`` to the
+    caller and its callers (the session's load, a backend's ``load``), whose locals at return hold the model:
+    2048 MiB left after the release at the 1.1B shape on the H200. In a thread, the chain ends at the
+    thread's own frames.
     """
-    import importlib
     import threading
 
     failed: list[BaseException] = []
 
     def run() -> None:
         try:
-            for name in modules:
-                importlib.import_module(name)
+            call()
         except BaseException as exc:  # re-raised in the caller below
             failed.append(exc)
 

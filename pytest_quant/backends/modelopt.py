@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from . import Loaded, default_dtype, load_tokenizer
-from .base import attach_footprint, import_off_stack, kernel_name, refuse_unknown_fields
+from .base import attach_footprint, kernel_name, refuse_unknown_fields
 
 REQUIRES: tuple[str, ...] = ("modelopt",)
 INSTALL_HINT = "pip install 'pytest-quant[modelopt]'"
@@ -55,7 +55,6 @@ def load(request) -> Loaded:
     settings = dict(request.recipe.options)
     validate(settings)
     check_device(request.device)
-    import_off_stack("modelopt.torch.quantization")  # its first import keeps frames alive (PuLP's COPT_DLL.err)
     import torch
     import modelopt.torch.quantization as mtq
     from transformers import AutoModelForCausalLM

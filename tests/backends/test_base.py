@@ -10,7 +10,7 @@ import weakref
 
 import pytest
 
-from pytest_quant.backends.base import drop_import_tracebacks, import_off_stack
+from pytest_quant.backends.base import drop_import_tracebacks, off_stack
 
 
 class Model:
@@ -52,31 +52,39 @@ class Solver:  # as PuLP's COPT_DLL keeps the error of a missing DLL, imported b
 """
 
 
-@pytest.mark.parametrize("off_stack", [False, True])
-def test_a_library_imported_off_the_stack_keeps_no_frame_of_the_load_that_imported_it(off_stack, tmp_path,
-                                                                                       monkeypatch) -> None:
-    name = f"solverlib_{int(off_stack)}"
+@pytest.mark.parametrize("through_the_registry", [False, True])
+def test_a_library_a_backend_imports_keeps_no_frame_of_the_load_that_made_the_model(through_the_registry, tmp_path,
+                                                                                      monkeypatch) -> None:
+    from pytest_quant.backends import Backend, LoadRequest
+
+    name = f"solverlib_{int(through_the_registry)}"
     (tmp_path / f"{name}.py").write_text(_KEEPS_ITS_ERROR_IN_A_CLASS)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, name, raising=False)
 
-    def load():
-        if off_stack:
-            import_off_stack(name)
-        __import__(name)  # a plain first import inside load, as a backend's load does
+    def load(request):
+        __import__(name)  # a plain import inside load, as a backend's load does: the first one unless imported before
         model = Model()
         return model
 
-    model = weakref.ref(load())
+    backend = Backend("solver", load, imports=(name,))
+    request = LoadRequest(model_path=tmp_path, recipe=None, device="cpu", cache_dir=tmp_path)
+    model = weakref.ref(backend.load_model(request) if through_the_registry else load(request))
     gc.collect()
-    assert (model() is None) is off_stack  # imported in load: kept by Solver.err's traceback; off the stack: freed
+    # called directly, load imports the library first: Solver.err's traceback keeps its frame and the model;
+    # through the registry, the backend's imports ran first, off the stack, and nothing keeps the model
+    assert (model() is None) is through_the_registry
     assert isinstance(sys.modules[name].Solver.err, TypeError)
 
 
-def test_import_off_stack_raises_a_missing_modules_error_in_the_caller() -> None:
+def test_off_stack_raises_what_its_call_raised_in_the_caller() -> None:
+    import importlib
+
     with pytest.raises(ModuleNotFoundError, match="no_such_library_xyz"):
-        import_off_stack("json", "no_such_library_xyz")
-    assert "json" in sys.modules
+        off_stack(lambda: importlib.import_module("no_such_library_xyz"))
+    seen = []
+    off_stack(lambda: seen.append(1))
+    assert seen == [1]
 
 
 def test_cpu_settings_refuses_another_device_then_merges_and_validates() -> None:
